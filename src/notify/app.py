@@ -1,0 +1,72 @@
+"""create_app(settings) -> Litestar: wires settings, database, bus, auth and the domains."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+import notify
+from notify.core import db
+from notify.core.auth import JWTMiddleware
+from notify.core.bus import Bus
+from notify.core.config import Settings, load_settings
+from notify.core.errors import exception_handlers
+from notify.notifications.controllers import BroadcastController, NotificationController
+from notify.notifications.outbox import OutboxRelay
+from notify.ops.docs import docs
+from notify.ops.health import health
+
+MAX_BODY_BYTES = 64 * 1024
+PUBLIC_PATHS = ["^/health$", "^/schema", "^/docs", "^/sw.js$", "^/api/v1/push/vapid-public-key$",
+                "^/ws/notify"]
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or load_settings()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = db.create_engine(settings)
+    bus = Bus(settings)
+    relay = OutboxRelay(engine, bus)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await bus.start()
+        relay.start()
+        relay.wake()  # publish whatever an earlier run left in the outbox
+        try:
+            yield
+        finally:
+            await relay.stop()
+            await bus.close()
+            await engine.dispose()
+
+    return Litestar(
+        route_handlers=[NotificationController, BroadcastController, health, docs],
+        state=State({"settings": settings, "engine": engine, "bus": bus, "outbox": relay}),
+        plugins=[SQLAlchemyPlugin(config=db.sqlalchemy_config(settings, engine))],
+        middleware=[DefineMiddleware(JWTMiddleware, exclude=PUBLIC_PATHS)],
+        exception_handlers=exception_handlers,
+        lifespan=[lifespan],
+        request_max_body_size=MAX_BODY_BYTES,
+        cors_config=CORSConfig(allow_origins=["*"], allow_headers=["Authorization",
+                                                                   "Content-Type",
+                                                                   "Idempotency-Key"]),
+        openapi_config=OpenAPIConfig(
+            title="notify", version=notify.__version__, path="/schema",
+            render_plugins=[ScalarRenderPlugin(path="/"), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(security_schemes={"BearerToken": SecurityScheme(
+                type="http", scheme="bearer", bearer_format="JWT")}),
+            security=[{"BearerToken": []}],
+        ),
+    )

@@ -1,0 +1,159 @@
+"""The `notify` command: dev | serve | migrate | token | vapid (worker, scheduler: later)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from notify.core.config import Settings, SettingsError, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = args.data_dir
+    return load_settings(overrides=overrides)
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from notify.app import create_app
+
+    config = uvicorn.Config(create_app(settings), host=host, port=port, lifespan="on",
+                            log_level=settings.log_level.lower(),
+                            timeout_graceful_shutdown=10)
+    asyncio.run(uvicorn.Server(config).serve())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from notify.core import db
+
+    settings = _settings(args)
+    settings.jwt_verify_key  # noqa: B018  (fails early, naming the setting)
+    problem = db.check_migrated(settings)
+    if problem:
+        print(f"notify serve: {problem}", file=sys.stderr)
+        return 1
+    _warn_push(settings)
+    _serve(settings, args.host, args.port)
+    return 0
+
+
+def _warn_push(settings: Settings) -> None:
+    if not settings.push_enabled:
+        print("warning: VAPID_PUBLIC_KEY/VAPID_PRIVATE_KEY not set: Web Push is disabled",
+              file=sys.stderr)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from notify.core import db
+
+    settings = _settings(args)
+    db.upgrade(settings)
+    print(f"database at revision {db.head_revision(settings)}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from notify.core.auth import mint_token
+
+    settings = _settings(args)
+    print(mint_token(settings, args.sub, args.tenant, args.role or ["user"], args.channel,
+                     args.ttl))
+    return 0
+
+
+def cmd_vapid(args: argparse.Namespace) -> int:
+    from notify.core.vapid import generate_vapid_keys
+
+    public, private = generate_vapid_keys()
+    print(f"VAPID_PUBLIC_KEY={public}\nVAPID_PRIVATE_KEY={private}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from notify.core import db
+    from notify.core.auth import mint_token
+    from notify.core.config import read_generated, write_generated
+    from notify.core.embedded import EmbeddedNats
+    from notify.core.vapid import generate_vapid_keys
+
+    data_dir = Path(args.data_dir or os.environ.get("NOTIFY_DATA_DIR") or ".notify").resolve()
+    generated = read_generated(data_dir)
+    if "jwt_secret_key" not in generated:
+        generated["jwt_secret_key"] = secrets.token_urlsafe(48)
+    if "vapid_private_key" not in generated:
+        generated["vapid_public_key"], generated["vapid_private_key"] = generate_vapid_keys()
+    write_generated(data_dir, generated)
+    os.environ.setdefault("DATABASE_URL", f"sqlite:///{data_dir / 'notify.db'}")
+    nats = None
+    if not os.environ.get("NATS_URL"):
+        nats = EmbeddedNats(data_dir / "nats")
+        os.environ["NATS_URL"] = nats.start()
+    try:
+        settings = load_settings(overrides={"data_dir": str(data_dir)})
+        db.upgrade(settings)
+        token = mint_token(settings, "dev-user", "dev", ["user", "admin"], ttl=30 * 86400)
+        base = f"http://{args.host}:{args.port}"
+        print(f"notify dev: {base}\n  docs:      {base}/docs\n  nats:      {settings.nats_url}"
+              f"\n  data:      {data_dir}\n  dev token: {token}", flush=True)
+        _serve(settings, args.host, args.port)
+    finally:
+        if nats is not None:
+            nats.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="notify", description=__doc__)
+    parser.add_argument("--data-dir", help="where `notify dev` keeps its state (NOTIFY_DATA_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="embedded default: SQLite + nats-server, all in one")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8003)
+    dev.add_argument("--data-dir", dest="data_dir", default=argparse.SUPPRESS)
+    dev.set_defaults(func=cmd_dev)
+
+    serve = sub.add_parser("serve", help="API pod against DATABASE_URL and NATS_URL")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8003)
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="apply migrations to DATABASE_URL").set_defaults(
+        func=cmd_migrate)
+
+    tok = sub.add_parser("token", help="print a JWT signed with the configured key")
+    tok.add_argument("--sub", required=True)
+    tok.add_argument("--tenant", required=True)
+    tok.add_argument("--role", action="append", choices=["user", "admin", "service"])
+    tok.add_argument("--channel", action="append")
+    tok.add_argument("--ttl", type=int, default=3600)
+    tok.set_defaults(func=cmd_token)
+
+    vapid = sub.add_parser("vapid", help="VAPID keys for Web Push")
+    vapid_sub = vapid.add_subparsers(dest="vapid_command", required=True)
+    vapid_sub.add_parser("generate", help="print a new key pair as env lines").set_defaults(
+        func=cmd_vapid)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"notify: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

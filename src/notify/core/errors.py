@@ -1,0 +1,64 @@
+"""Error shapes and handlers: bad input is 4xx naming the field, a failing dependency is 503."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+log = logging.getLogger("notify.errors")
+
+
+class NotFound(HTTPException):
+    status_code = 404
+
+
+class Conflict(HTTPException):
+    status_code = 409
+
+
+class Forbidden(HTTPException):
+    status_code = 403
+
+
+class Invalid(HTTPException):
+    """422 naming the offending field in `extra`."""
+
+    status_code = 422
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(detail=f"{key}: {message}", extra=[{"key": key, "message": message}])
+
+
+def _unavailable(what: str, exc: Exception, request: Request[Any, Any, Any]) -> Response[Any]:
+    log.error("%s unavailable during %s %s: %s", what, request.method, request.url.path,
+              str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return Response(
+        {"status_code": 503, "detail": f"{what} unavailable, try again later", "extra": {}},
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+    )
+
+
+def database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) \
+            and not exc.connection_invalidated:
+        raise exc
+    return _unavailable("database", exc, request)
+
+
+def connection_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    return _unavailable("dependency", exc, request)
+
+
+exception_handlers: dict[type[Exception], Any] = {
+    OperationalError: database_error,
+    DBAPIError: database_error,
+    PoolTimeout: database_error,
+    ConnectionError: connection_error,
+    OSError: connection_error,
+}

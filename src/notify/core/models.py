@@ -1,0 +1,26 @@
+"""Shared model pieces: the declarative bases every domain's tables derive from."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from advanced_alchemy.base import BigIntBase, DefaultBase, UUIDv7Base
+from advanced_alchemy.types import DateTimeUTC
+from sqlalchemy.orm import Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class TimestampedUUID(UUIDv7Base):
+    """UUIDv7 primary key (time-ordered) plus created_at/updated_at set by us, in UTC."""
+
+    __abstract__ = True
+    created_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTimeUTC(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+__all__ = ["BigIntBase", "DefaultBase", "TimestampedUUID", "UUIDv7Base", "utcnow"]

@@ -1,0 +1,34 @@
+"""Digest preferences, one row per user."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from advanced_alchemy.types import DateTimeUTC, JsonB
+from sqlalchemy import Boolean, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from notify.core.models import TimestampedUUID
+
+
+class DigestSubscription(TimestampedUUID):
+    """When and what a user's digest contains."""
+
+    __tablename__ = "digest_subscriptions"
+    __table_args__ = (
+        Index("ux_digest_subscriptions_user", "tenant_id", "user_id", unique=True),
+        Index("ix_digest_subscriptions_due", "is_enabled", "next_delivery_at"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    is_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    delivery_time: Mapped[str] = mapped_column(String(5), default="07:00")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    frequency: Mapped[str] = mapped_column(String(16), default="daily")
+    weekday: Mapped[int | None] = mapped_column(Integer)
+    include_types: Mapped[list[str]] = mapped_column(JsonB, default=list)
+    exclude_weekends: Mapped[bool] = mapped_column(Boolean, default=False)
+    min_priority: Mapped[str] = mapped_column(String(16), default="low")
+    next_delivery_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    last_delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))

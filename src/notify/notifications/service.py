@@ -1,0 +1,256 @@
+"""Notification domain logic: create (rows, deliveries, outbox in one transaction), inbox, reads."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from uuid_utils.compat import uuid7
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from sqlalchemy import delete, literal, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from notify.core import bus
+from notify.core.auth import Principal
+from notify.core.errors import Conflict, NotFound
+from notify.core.models import utcnow
+from notify.notifications import queries
+from notify.notifications.models import (
+    IdempotencyKey,
+    Notification,
+    NotificationDelivery,
+    NotificationRead,
+    OutboxMessage,
+)
+from notify.notifications.schemas import (
+    DeliveryList,
+    DeliveryOut,
+    NotificationBody,
+    NotificationOut,
+    NotificationPage,
+)
+from notify.ops.models import AuditEntry
+
+ENCODER = msgspec.json.Encoder()
+# Channels with no sender in this process yet: recorded as skipped, never left pending.
+EXTERNAL_CHANNELS = ("push", "email", "sms")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Whom one notification is for."""
+
+    tenant_id: str
+    user_id: str | None = None
+    channel: str | None = None
+
+    @property
+    def audience(self) -> str:
+        return "user" if self.user_id else "channel" if self.channel else "tenant"
+
+    @property
+    def subject(self) -> str:
+        if self.user_id:
+            return bus.user_subject(self.tenant_id, self.user_id)
+        if self.channel:
+            return bus.channel_subject(self.tenant_id, self.channel)
+        return bus.tenant_subject(self.tenant_id)
+
+
+class NotificationRepository(SQLAlchemyAsyncRepository[Notification]):
+    model_type = Notification
+
+
+class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, NotificationRepository]):
+    """Thin service over the repository; domain logic only."""
+
+    repository_type = NotificationRepository
+
+    @property
+    def db(self) -> AsyncSession:
+        session = self.repository.session
+        assert isinstance(session, AsyncSession)
+        return session
+
+    # -- creating ---------------------------------------------------------------------------
+    def add(self, actor: Principal, body: NotificationBody, target: Target) -> NotificationOut:
+        """Stage a notification with its deliveries and outbox row (committed by the caller)."""
+        now = utcnow()
+        row = Notification(
+            id=uuid7(), tenant_id=target.tenant_id, user_id=target.user_id, audience=target.audience,
+            channel=target.channel, title=body.title, message=body.message,
+            notification_type=body.notification_type, priority=body.priority,
+            channels=list(body.channels), action_url=body.action_url, meta=body.metadata,
+            status="unread", created_by=actor.sub, created_at=now, updated_at=now,
+        )
+        self.db.add(row)
+        out = NotificationOut(
+            id=row.id, tenant_id=row.tenant_id, user_id=row.user_id, title=row.title,
+            message=row.message, notification_type=row.notification_type,
+            priority=body.priority, channels=list(body.channels), action_url=row.action_url,
+            metadata=row.meta, status="unread", read_at=None, created_at=now,
+        )
+        self.db.add_all(self._deliveries(row, body, target, now))
+        self.db.add(OutboxMessage(notification_id=row.id, subject=target.subject,
+                                  payload=ENCODER.encode(out), created_at=now))
+        return out
+
+    def _deliveries(self, row: Notification, body: NotificationBody, target: Target,
+                    now: Any) -> list[NotificationDelivery]:
+        rows = []
+        for channel in body.channels:
+            status, error = "pending", None
+            if channel == "in_app":
+                status = "sent" if target.audience != "channel" else "skipped"
+                error = None if status == "sent" else "channel notifications are not in inboxes"
+            elif channel in EXTERNAL_CHANNELS:
+                status, error = "skipped", f"{channel} delivery is not configured on this server"
+            rows.append(NotificationDelivery(
+                notification_id=row.id, tenant_id=row.tenant_id, user_id=row.user_id,
+                channel=channel, status=status, last_error=error, created_at=now, updated_at=now,
+            ))
+        return rows
+
+    def audit(self, actor: Principal, tenant_id: str, action: str, resource_id: str | None,
+              **details: Any) -> None:
+        self.db.add(AuditEntry(tenant_id=tenant_id, actor=actor.sub, action=action,
+                               resource_type="notification", resource_id=resource_id,
+                               details=details))
+
+    async def idempotent(
+        self, actor: Principal, key: str | None, request: bytes,
+        produce: Callable[[], Awaitable[tuple[int, bytes]]],
+    ) -> tuple[int, bytes]:
+        """Run `produce` and commit once per key; a repeat replays the stored answer."""
+        if key is None:
+            answer = await produce()
+            await self.db.commit()
+            return answer
+        digest = hashlib.sha256(request).hexdigest()
+        scope = (actor.tenant_id, actor.sub, key)
+        if (stored := await self.db.get(IdempotencyKey, scope)) is not None:
+            await self.db.rollback()
+            return _replay(stored, digest)
+        status, body = await produce()
+        self.db.add(IdempotencyKey(tenant_id=actor.tenant_id, principal=actor.sub, key=key,
+                                   request_hash=digest, status_code=status, body=body))
+        try:
+            await self.db.commit()
+        except IntegrityError:
+            # A concurrent request with the same key committed first: answer as it did.
+            await self.db.rollback()
+            stored = await self.db.get(IdempotencyKey, scope)
+            if stored is None:
+                raise
+            return _replay(stored, digest)
+        return status, body
+
+    # -- reading ----------------------------------------------------------------------------
+    async def page(self, p: Principal, f: queries.InboxFilter, limit: int,
+                   cursor: str | None) -> NotificationPage:
+        after = queries.decode_cursor(cursor) if cursor else None
+        rows = (await self.db.execute(queries.inbox_page(p, f, after, limit + 1))).all()
+        items = [queries.to_out(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        next_cursor = queries.encode_cursor(items[-1].created_at, items[-1].id) if more else None
+        return NotificationPage(items=items, next_cursor=next_cursor)
+
+    async def _visible(self, p: Principal, notification_id: UUID) -> Any:
+        row = (await self.db.execute(queries.visible_item(p, notification_id))).first()
+        if row is None or row._mapping["my_deleted_at"] is not None:
+            raise NotFound("notification not found")
+        return row
+
+    async def get_visible(self, p: Principal, notification_id: UUID) -> NotificationOut:
+        return queries.to_out(await self._visible(p, notification_id))
+
+    async def unread_count(self, p: Principal) -> int:
+        return int((await self.db.execute(queries.unread_count(p))).scalar_one())
+
+    async def deliveries(self, p: Principal, notification_id: UUID) -> DeliveryList:
+        await self._visible(p, notification_id)
+        rows = await self.db.scalars(
+            select(NotificationDelivery)
+            .where(NotificationDelivery.notification_id == notification_id)
+            .order_by(NotificationDelivery.created_at, NotificationDelivery.id))
+        return DeliveryList(items=[
+            DeliveryOut(channel=d.channel, status=d.status, attempts=d.attempts,  # type: ignore[arg-type]
+                        last_error=d.last_error, target=d.target, updated_at=d.updated_at)
+            for d in rows
+        ])
+
+    # -- changing read state ----------------------------------------------------------------
+    async def mark_read(self, p: Principal, notification_id: UUID) -> NotificationOut:
+        row = await self._visible(p, notification_id)
+        now = utcnow()
+        if row._mapping["audience"] == "user":
+            await self.db.execute(
+                update(Notification).where(Notification.id == notification_id,
+                                           Notification.status == "unread")
+                .values(status="read", read_at=now, updated_at=now))
+        else:
+            await self.db.execute(self._set_state(
+                p, select(Notification.id).where(Notification.id == notification_id),
+                "read_at", now))
+        await self.db.commit()
+        return await self.get_visible(p, notification_id)
+
+    async def read_all(self, p: Principal) -> int:
+        now = utcnow()
+        own = await self.db.execute(
+            update(Notification)
+            .where(Notification.tenant_id == p.tenant_id, Notification.user_id == p.sub,
+                   Notification.status == "unread")
+            .values(status="read", read_at=now, updated_at=now))
+        unread_shared = (
+            select(Notification.id)
+            .outerjoin(NotificationRead, (NotificationRead.notification_id == Notification.id)
+                       & (NotificationRead.user_id == p.sub))
+            .where(Notification.tenant_id == p.tenant_id, Notification.audience == "tenant",
+                   NotificationRead.read_at.is_(None), NotificationRead.deleted_at.is_(None)))
+        shared = await self.db.execute(self._set_state(p, unread_shared, "read_at", now))
+        await self.db.commit()
+        return int(own.rowcount or 0) + int(shared.rowcount or 0)  # type: ignore[attr-defined]
+
+    def _set_state(self, p: Principal, ids: Any, column: str, now: Any) -> Any:
+        """Upsert the caller's read/deleted state for the shared notifications `ids` selects."""
+        dialect = postgresql if self.db.bind.dialect.name == "postgresql" else sqlite
+        rows = select(ids.subquery().c.id, literal(p.sub), literal(p.tenant_id), literal(now))
+        stmt = dialect.insert(NotificationRead).from_select(
+            ["notification_id", "user_id", "tenant_id", column], rows.where(true()))
+        return stmt.on_conflict_do_update(
+            index_elements=["notification_id", "user_id"],
+            set_={column: stmt.excluded[column]},
+            where=getattr(NotificationRead, column).is_(None),
+        )
+
+    async def remove(self, p: Principal, notification_id: UUID) -> None:
+        """Delete one's own notification; a shared one is removed from the caller's inbox."""
+        row = await self._visible(p, notification_id)
+        m = row._mapping
+        if m["audience"] == "user":
+            await self.db.execute(delete(Notification).where(Notification.id == notification_id))
+        else:
+            await self.db.execute(self._set_state(
+                p, select(Notification.id).where(Notification.id == notification_id),
+                "deleted_at", utcnow()))
+        self.audit(p, m["tenant_id"], "notification.delete", str(notification_id),
+                   audience=m["audience"])
+        await self.db.commit()
+
+
+def _replay(stored: IdempotencyKey, digest: str) -> tuple[int, bytes]:
+    if stored.request_hash != digest:
+        raise Conflict("Idempotency-Key was already used with a different request body",
+                       extra={"key": "Idempotency-Key"})
+    return stored.status_code, stored.body
+
+
+__all__ = ["NotificationService", "Target"]

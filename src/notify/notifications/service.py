@@ -136,8 +136,10 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         digest = hashlib.sha256(request).hexdigest()
         scope = (actor.tenant_id, actor.sub, key)
         if (stored := await self.db.get(IdempotencyKey, scope)) is not None:
-            await self.db.rollback()
-            return _replay(stored, digest)
+            try:
+                return _replay(stored, digest)
+            finally:
+                await self.db.rollback()
         status, body = await produce()
         self.db.add(IdempotencyKey(tenant_id=actor.tenant_id, principal=actor.sub, key=key,
                                    request_hash=digest, status_code=status, body=body))

@@ -37,13 +37,19 @@ import httpx
 import jwt
 
 ROOT = Path(__file__).resolve().parent.parent
-JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-0123456789abcdef"
+JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-0123456789abcdef"  # noqa: S105
 DEFAULT_PG_DSN = os.environ.get("NOTIFY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 LOCAL_NATS = ("127.0.0.1", 4222)
 BROADCASTS = 200
 
-NOTIFICATION_TYPES = ("comment", "mention", "order_shipped", "invoice_due", "security_alert",
-                      "system")
+NOTIFICATION_TYPES = (
+    "comment",
+    "mention",
+    "order_shipped",
+    "invoice_due",
+    "security_alert",
+    "system",
+)
 PRIORITY_WEIGHTS = {"low": 20, "normal": 60, "high": 15, "urgent": 5}
 LOREM = (
     "Your order has left our warehouse and is on its way. Track the parcel from the link "
@@ -80,8 +86,15 @@ class Recorder:
     errors: int = 0
     first_error: str | None = None
 
-    async def call(self, client: httpx.AsyncClient, label: str, method: str, url: str,
-                   expect: int, **kwargs: Any) -> httpx.Response | None:
+    async def call(
+        self,
+        client: httpx.AsyncClient,
+        label: str,
+        method: str,
+        url: str,
+        expect: int,
+        **kwargs: Any,
+    ) -> httpx.Response | None:
         start = time.perf_counter()
         try:
             response = await client.request(method, url, **kwargs)
@@ -111,8 +124,13 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_phase(name: str, count: int, concurrency: int, server_pid: int,
-                    op: Callable[[Recorder, int], Awaitable[None]]) -> dict[str, Any]:
+async def run_phase(
+    name: str,
+    count: int,
+    concurrency: int,
+    server_pid: int,
+    op: Callable[[Recorder, int], Awaitable[None]],
+) -> dict[str, Any]:
     """Run `op(recorder, i)` for i in range(count) with `concurrency` workers; summarise."""
     recorder = Recorder()
     counter = itertools.count()
@@ -126,12 +144,14 @@ async def run_phase(name: str, count: int, concurrency: int, server_pid: int,
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, count))))
     seconds = time.perf_counter() - start
-    return summarise(recorder, seconds, cpu_seconds() - cpu_client,
-                     cpu_seconds(server_pid) - cpu_server)
+    return summarise(
+        recorder, seconds, cpu_seconds() - cpu_client, cpu_seconds(server_pid) - cpu_server
+    )
 
 
-def summarise(rec: Recorder, seconds: float, client_cpu: float,
-              server_cpu: float) -> dict[str, Any]:
+def summarise(
+    rec: Recorder, seconds: float, client_cpu: float, server_cpu: float
+) -> dict[str, Any]:
     every = [lat for values in rec.latencies.values() for lat in values]
     result: dict[str, Any] = {
         "requests": len(every),
@@ -143,8 +163,10 @@ def summarise(rec: Recorder, seconds: float, client_cpu: float,
         "server_cpu": round(server_cpu / seconds, 2) if seconds else 0.0,
     }
     if len(rec.latencies) > 1:
-        result["by_request"] = {label: {"requests": len(values), **latency_summary(values)}
-                                for label, values in rec.latencies.items()}
+        result["by_request"] = {
+            label: {"requests": len(values), **latency_summary(values)}
+            for label, values in rec.latencies.items()
+        }
     if rec.first_error:
         result["first_error"] = rec.first_error
     return result
@@ -172,8 +194,13 @@ def notification_body(rng: random.Random, i: int, user: str) -> dict[str, Any]:
         "notification_type": kind,
         "priority": rng.choices(list(PRIORITY_WEIGHTS), list(PRIORITY_WEIGHTS.values()))[0],
         "action_url": f"/orders/{order}",
-        "metadata": {"source": "bench", "order_id": order, "actor": user, "batch": i // 100,
-                     "trace_id": uuid.UUID(int=rng.getrandbits(128)).hex},
+        "metadata": {
+            "source": "bench",
+            "order_id": order,
+            "actor": user,
+            "batch": i // 100,
+            "trace_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+        },
     }
 
 
@@ -187,42 +214,88 @@ class Workload:
 
     async def create(self, rec: Recorder, i: int) -> None:
         user = self.users[i % len(self.users)]
-        await rec.call(self.client, "create", "POST", "/api/v1/notifications", 201,
-                       json=notification_body(self.rng, i, user),
-                       headers=auth(self.user_tokens[user]))
+        await rec.call(
+            self.client,
+            "create",
+            "POST",
+            "/api/v1/notifications",
+            201,
+            json=notification_body(self.rng, i, user),
+            headers=auth(self.user_tokens[user]),
+        )
 
     async def broadcast(self, rec: Recorder, i: int) -> None:
-        body = {"title": f"Maintenance window {i}", "message": LOREM[:180],
-                "notification_type": "announcement", "priority": "normal",
-                "broadcast_to_tenant": True, "metadata": {"source": "bench", "n": i}}
-        await rec.call(self.client, "broadcast", "POST", "/internal/broadcast", 202,
-                       json=body, headers=auth(self.service_token))
+        body = {
+            "title": f"Maintenance window {i}",
+            "message": LOREM[:180],
+            "notification_type": "announcement",
+            "priority": "normal",
+            "broadcast_to_tenant": True,
+            "metadata": {"source": "bench", "n": i},
+        }
+        await rec.call(
+            self.client,
+            "broadcast",
+            "POST",
+            "/internal/broadcast",
+            202,
+            json=body,
+            headers=auth(self.service_token),
+        )
 
     async def list_pages(self, rec: Recorder, _: int) -> None:
         headers = auth(self.user_tokens[self.rng.choice(self.users)])
-        first = await rec.call(self.client, "first_page", "GET", "/api/v1/notifications", 200,
-                               params={"limit": 50}, headers=headers)
+        first = await rec.call(
+            self.client,
+            "first_page",
+            "GET",
+            "/api/v1/notifications",
+            200,
+            params={"limit": 50},
+            headers=headers,
+        )
         cursor = first.json().get("next_cursor") if first is not None else None
         if cursor:
-            await rec.call(self.client, "next_page", "GET", "/api/v1/notifications", 200,
-                           params={"limit": 50, "cursor": cursor}, headers=headers)
+            await rec.call(
+                self.client,
+                "next_page",
+                "GET",
+                "/api/v1/notifications",
+                200,
+                params={"limit": 50, "cursor": cursor},
+                headers=headers,
+            )
 
     async def unread_count(self, rec: Recorder, _: int) -> None:
         headers = auth(self.user_tokens[self.rng.choice(self.users)])
-        await rec.call(self.client, "unread_count", "GET",
-                       "/api/v1/notifications/unread-count", 200, headers=headers)
+        await rec.call(
+            self.client,
+            "unread_count",
+            "GET",
+            "/api/v1/notifications/unread-count",
+            200,
+            headers=headers,
+        )
 
 
-async def run_load(args: argparse.Namespace, base_url: str,
-                   server_pid: int) -> dict[str, dict[str, Any]]:
+async def run_load(
+    args: argparse.Namespace, base_url: str, server_pid: int
+) -> dict[str, dict[str, Any]]:
     tenant = f"bench-{uuid.uuid4().hex[:8]}"
     users = [f"user-{n:04d}" for n in range(args.users)]
-    limits = httpx.Limits(max_connections=args.concurrency,
-                          max_keepalive_connections=args.concurrency)
-    async with httpx.AsyncClient(base_url=base_url, http1=True, http2=False, limits=limits,
-                                 timeout=60) as client:
-        load = Workload(client, users, {u: token(u, tenant, ["user"]) for u in users},
-                        token("bench-service", tenant, ["service"]), random.Random(args.seed))
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    async with httpx.AsyncClient(
+        base_url=base_url, http1=True, http2=False, limits=limits, timeout=60
+    ) as client:
+        load = Workload(
+            client,
+            users,
+            {u: token(u, tenant, ["user"]) for u in users},
+            token("bench-service", tenant, ["service"]),
+            random.Random(args.seed),
+        )
         warmup = max(args.concurrency * 2, 50)
         await run_phase("warmup", warmup, args.concurrency, server_pid, load.unread_count)
         c, pid = args.concurrency, server_pid
@@ -230,8 +303,9 @@ async def run_load(args: argparse.Namespace, base_url: str,
             "create": await run_phase("create", args.creates, c, pid, load.create),
             "broadcast": await run_phase("broadcast", BROADCASTS, c, pid, load.broadcast),
             "list": await run_phase("list", args.list_requests, c, pid, load.list_pages),
-            "unread_count": await run_phase("unread_count", args.list_requests, c, pid,
-                                            load.unread_count),
+            "unread_count": await run_phase(
+                "unread_count", args.list_requests, c, pid, load.unread_count
+            ),
         }
 
 
@@ -300,15 +374,21 @@ def notify_binary() -> str:
 
 def server_env(database_url: str, nats_url: str, tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAPID_", "NOTIFY_"))}
-    env.update(DATABASE_URL=database_url, NATS_URL=nats_url, JWT_SECRET_KEY=JWT_SECRET,
-               JWT_ALGORITHM="HS256", NOTIFY_LOG_LEVEL="WARNING",
-               NOTIFY_DATA_DIR=str(tmp / "data"))
+    env.update(
+        DATABASE_URL=database_url,
+        NATS_URL=nats_url,
+        JWT_SECRET_KEY=JWT_SECRET,
+        JWT_ALGORITHM="HS256",
+        NOTIFY_LOG_LEVEL="WARNING",
+        NOTIFY_DATA_DIR=str(tmp / "data"),
+    )
     return env
 
 
 def migrate(env: dict[str, str]) -> None:
-    done = subprocess.run([notify_binary(), "migrate"], env=env, capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [notify_binary(), "migrate"], env=env, capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"notify migrate failed ({done.returncode}):\n{done.stderr}")
     log(done.stdout.strip())
@@ -321,8 +401,9 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 @contextlib.contextmanager
-def api_server(env: dict[str, str], port: int, cpu: int | None,
-               log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def api_server(
+    env: dict[str, str], port: int, cpu: int | None, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """`notify serve` as a child process (pinned to `cpu`); SIGTERM, then kill, at the end."""
     command = [notify_binary(), "serve", "--host", "127.0.0.1", "--port", str(port)]
     if cpu is not None:
@@ -338,8 +419,9 @@ def api_server(env: dict[str, str], port: int, cpu: int | None,
             log(f"server exited with {proc.returncode}; its output:\n{tail(log_path)}")
 
 
-def wait_healthy(proc: subprocess.Popen[bytes], url: str, log_path: Path,
-                 timeout: float = 30.0) -> None:
+def wait_healthy(
+    proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -366,9 +448,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def git_commit() -> str | None:
+    command = ["git", "rev-parse", "--short", "HEAD"]
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout.strip() or None
+        done = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+        return done.stdout.strip() or None
     return None
 
 
@@ -384,14 +467,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--creates", type=int, default=5000, help="POSTs in the create phase")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent workers")
-    parser.add_argument("--list-requests", type=int, default=1000,
-                        help="list operations (first page + next page) and unread-count GETs")
+    parser.add_argument(
+        "--list-requests",
+        type=int,
+        default=1000,
+        help="list operations (first page + next page) and unread-count GETs",
+    )
     parser.add_argument("--users", type=int, default=100, help="users of the one tenant")
-    parser.add_argument("--cpu-server", type=int, help="core for `notify serve` (default 0)")
-    parser.add_argument("--cpu-client", type=int, help="core for this process (default 1)")
+    parser.add_argument(
+        "--cpu-server",
+        type=int,
+        help="core for `notify serve` (default: the first usable core, e.g. 0)",
+    )
+    parser.add_argument(
+        "--cpu-client",
+        type=int,
+        help="core for this process (default: the second usable core, e.g. 1)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin either process")
-    parser.add_argument("--pg-dsn", default=DEFAULT_PG_DSN,
-                        help="admin DSN used to create/drop the database (NOTIFY_BENCH_PG)")
+    parser.add_argument(
+        "--pg-dsn",
+        default=DEFAULT_PG_DSN,
+        help="admin DSN used to create/drop the database (NOTIFY_BENCH_PG)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the workload")
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
     args = parser.parse_args(argv)
@@ -401,8 +499,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.no_pin or not pinning_available():
         args.cpu_server = args.cpu_client = None
     else:
-        args.cpu_server = 0 if args.cpu_server is None else args.cpu_server
-        args.cpu_client = 1 if args.cpu_client is None else args.cpu_client
+        first, second = sorted(os.sched_getaffinity(0))[:2]
+        args.cpu_server = first if args.cpu_server is None else args.cpu_server
+        args.cpu_client = second if args.cpu_client is None else args.cpu_client
     return args
 
 
@@ -424,11 +523,16 @@ def config(args: argparse.Namespace, nats_url: str) -> dict[str, Any]:
 
 
 def human_line(args: argparse.Namespace, phases: dict[str, dict[str, Any]]) -> str:
-    parts = [f"{name.replace('_', '-')} {p['rps']:.0f}/s p99 {p['p99_ms']:.1f}ms"
-             for name, p in phases.items()]
+    parts = [
+        f"{name.replace('_', '-')} {p['rps']:.0f}/s p99 {p['p99_ms']:.1f}ms"
+        for name, p in phases.items()
+    ]
     errors = sum(p["errors"] for p in phases.values())
-    return (f"rest bench ({args.database}, c={args.concurrency}): "
-            + " | ".join(parts) + f" | errors {errors}")
+    return (
+        f"rest bench ({args.database}, c={args.concurrency}): "
+        + " | ".join(parts)
+        + f" | errors {errors}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,11 +546,15 @@ def main(argv: list[str] | None = None) -> int:
             with api_server(env, port, args.cpu_server, tmp / "server.log") as proc:
                 if args.cpu_client is not None:
                     os.sched_setaffinity(0, {args.cpu_client})
-                log(f"server pid {proc.pid} on :{port} (cpu {args.cpu_server}), "
-                    f"client cpu {args.cpu_client}")
+                log(
+                    f"server pid {proc.pid} on :{port} (cpu {args.cpu_server}), "
+                    f"client cpu {args.cpu_client}"
+                )
                 phases = asyncio.run(run_load(args, f"http://127.0.0.1:{port}", proc.pid))
                 if proc.poll() is not None:
                     log(f"server died during the run:\n{tail(tmp / 'server.log')}")
+                elif any(p["errors"] for p in phases.values()):
+                    log(f"server output (tail):\n{tail(tmp / 'server.log')}")
     document = {"config": config(args, nats_url), "phases": phases}
     text = json.dumps(document, indent=2)
     print(text)

@@ -52,7 +52,8 @@ def database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 
 def connection_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    return _unavailable("dependency", exc, request)
+    # Requests do no network I/O but the database's (NATS is behind the outbox).
+    return _unavailable("database", exc, request)
 
 
 exception_handlers: dict[type[Exception], Any] = {

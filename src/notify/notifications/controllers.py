@@ -9,6 +9,7 @@ from advanced_alchemy.extensions.litestar.providers import create_service_provid
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
 from notify.core.auth import Principal, service_or_admin
@@ -58,7 +59,7 @@ class NotificationController(Controller):
     dependencies = {"service": Provide(provide_service)}
 
     @post("/", status_code=201, summary="Create a notification",
-          responses={201: NotificationOut})  # type: ignore[dict-item]
+          responses={201: ResponseSpec(NotificationOut, description="Created")})
     async def create(self, request: Request[Principal, str, State], data: NotificationCreate,
                      service: NotificationService, idempotency_key: IdempotencyKey = None,
                      ) -> Response[bytes]:
@@ -150,7 +151,7 @@ class BroadcastController(Controller):
     dependencies = {"service": Provide(provide_service)}
 
     @post("/broadcast", status_code=202, summary="Fan a notification out to users, a tenant or "
-          "a channel", responses={202: BroadcastResult})  # type: ignore[dict-item]
+          "a channel", responses={202: ResponseSpec(BroadcastResult, description="Accepted")})
     async def broadcast(self, request: Request[Principal, str, State], data: BroadcastCreate,
                         service: NotificationService, idempotency_key: IdempotencyKey = None,
                         ) -> Response[bytes]:

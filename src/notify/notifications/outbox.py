@@ -51,8 +51,8 @@ class OutboxRelay:
             try:
                 while await self.drain_once() == self._batch:
                     pass
-            except Exception:
-                log.exception("outbox relay failed; will retry")
+            except Exception as exc:
+                log.warning("outbox relay: %s; will retry", str(exc).splitlines()[0] or exc)
                 await asyncio.sleep(self._poll)
 
     async def drain_once(self) -> int:

@@ -18,8 +18,9 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session", params=backends())
-def server(request: pytest.FixtureRequest, nats_url: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    request: pytest.FixtureRequest, nats_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp(f"server-{request.param}")
     with database(request.param, tmp) as url:
         srv = Server(make_settings(url, nats_url, tmp), backend=request.param).start()

@@ -86,8 +86,14 @@ def nats_server(tmp: Path) -> Iterator[str]:
 
 
 def make_settings(database_url: str, nats_url: str, data_dir: Path, **env: str) -> Settings:
-    environ = {"DATABASE_URL": database_url, "NATS_URL": nats_url, "JWT_SECRET_KEY": JWT_SECRET,
-               "NOTIFY_DATA_DIR": str(data_dir), "NOTIFY_LOG_LEVEL": "WARNING", **env}
+    environ = {
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_url,
+        "JWT_SECRET_KEY": JWT_SECRET,
+        "NOTIFY_DATA_DIR": str(data_dir),
+        "NOTIFY_LOG_LEVEL": "WARNING",
+        **env,
+    }
     return load_settings(environ)
 
 
@@ -108,8 +114,13 @@ class Server:
     def start(self, migrate: bool = True) -> Server:
         if migrate:
             db.upgrade(self.settings)
-        config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            create_app(self.settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -125,14 +136,25 @@ class Server:
             self._server.should_exit = True
             self._thread.join(timeout=15)
 
-    def token(self, sub: str, tenant: str, roles: list[str] | None = None,
-              ttl: int = 600, **claims: Any) -> str:
-        payload: dict[str, Any] = {"sub": sub, "tenant_id": tenant, "roles": roles or ["user"],
-                                   "exp": int(time.time()) + ttl, **claims}
+    def token(
+        self, sub: str, tenant: str, roles: list[str] | None = None, ttl: int = 600, **claims: Any
+    ) -> str:
+        payload: dict[str, Any] = {
+            "sub": sub,
+            "tenant_id": tenant,
+            "roles": roles or ["user"],
+            "exp": int(time.time()) + ttl,
+            **claims,
+        }
         return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
 
-    def client(self, sub: str | None = None, tenant: str | None = None,
-               roles: list[str] | None = None, **claims: Any) -> httpx.AsyncClient:
+    def client(
+        self,
+        sub: str | None = None,
+        tenant: str | None = None,
+        roles: list[str] | None = None,
+        **claims: Any,
+    ) -> httpx.AsyncClient:
         headers = {}
         if sub is not None and tenant is not None:
             headers["Authorization"] = f"Bearer {self.token(sub, tenant, roles, **claims)}"

@@ -29,10 +29,15 @@ BODY = {"title": "hello", "message": "world"}
 
 # --- helpers -------------------------------------------------------------------------------
 
+
 def claims(tenant: str, **overrides: Any) -> dict[str, Any]:
     """A valid claim set; `overrides` replace claims, and a value of None removes one."""
-    base: dict[str, Any] = {"sub": "alice", "tenant_id": tenant, "roles": ["user"],
-                            "exp": int(time.time()) + 600}
+    base: dict[str, Any] = {
+        "sub": "alice",
+        "tenant_id": tenant,
+        "roles": ["user"],
+        "exp": int(time.time()) + 600,
+    }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -44,12 +49,21 @@ def b64url(raw: bytes) -> str:
 def hand_made(header: dict[str, Any], payload: dict[str, Any], key: bytes | None) -> str:
     """A JWT built by hand: no key gives an unsigned token (empty signature, trailing dot)."""
     signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
-    signature = b"" if key is None else hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    signature = (
+        b"" if key is None else hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    )
     return f"{signing_input}.{b64url(signature)}"
 
 
-async def call(url: str, token: str | None = None, *, authorization: str | None = None,
-               method: str = "GET", path: str = INBOX, **kw: Any) -> httpx.Response:
+async def call(
+    url: str,
+    token: str | None = None,
+    *,
+    authorization: str | None = None,
+    method: str = "GET",
+    path: str = INBOX,
+    **kw: Any,
+) -> httpx.Response:
     headers = {}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -73,23 +87,38 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 
 def private_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 @contextlib.contextmanager
-def asymmetric_server(tmp_path_factory: pytest.TempPathFactory, nats_url: str, alg: str,
-                      key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> Iterator[Server]:
+def asymmetric_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    nats_url: str,
+    alg: str,
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp(f"server-{alg.lower()}")
     with database("sqlite", tmp) as db_url:
-        srv = Server(make_settings(db_url, nats_url, tmp, JWT_ALGORITHM=alg,
-                                   JWT_PUBLIC_KEY=public_pem(key),
-                                   JWT_SECRET_KEY=private_pem(key)))
+        srv = Server(
+            make_settings(
+                db_url,
+                nats_url,
+                tmp,
+                JWT_ALGORITHM=alg,
+                JWT_PUBLIC_KEY=public_pem(key),
+                JWT_SECRET_KEY=private_pem(key),
+            )
+        )
         srv.start()
         try:
             yield srv
@@ -103,8 +132,9 @@ def rsa_private() -> rsa.RSAPrivateKey:
 
 
 @pytest.fixture(scope="module")
-def rs256_server(tmp_path_factory: pytest.TempPathFactory, nats_url: str,
-                 rsa_private: rsa.RSAPrivateKey) -> Iterator[Server]:
+def rs256_server(
+    tmp_path_factory: pytest.TempPathFactory, nats_url: str, rsa_private: rsa.RSAPrivateKey
+) -> Iterator[Server]:
     with asymmetric_server(tmp_path_factory, nats_url, "RS256", rsa_private) as srv:
         yield srv
 
@@ -115,13 +145,15 @@ def ec_private() -> ec.EllipticCurvePrivateKey:
 
 
 @pytest.fixture(scope="module")
-def es256_server(tmp_path_factory: pytest.TempPathFactory, nats_url: str,
-                 ec_private: ec.EllipticCurvePrivateKey) -> Iterator[Server]:
+def es256_server(
+    tmp_path_factory: pytest.TempPathFactory, nats_url: str, ec_private: ec.EllipticCurvePrivateKey
+) -> Iterator[Server]:
     with asymmetric_server(tmp_path_factory, nats_url, "ES256", ec_private) as srv:
         yield srv
 
 
 # --- the header ----------------------------------------------------------------------------
+
 
 async def test_no_authorization_header(server: Server) -> None:
     assert_401(await call(server.url), "missing")
@@ -138,6 +170,7 @@ async def test_malformed_token(server: Server) -> None:
 
 # --- the token -----------------------------------------------------------------------------
 
+
 async def test_valid_token_is_accepted(server: Server, tenant: str) -> None:
     r = await call(server.url, server.token("alice", tenant))
     assert r.status_code == 200, r.text
@@ -148,8 +181,9 @@ async def test_expired_token(server: Server, tenant: str) -> None:
 
 
 async def test_wrong_secret(server: Server, tenant: str) -> None:
-    token = jwt.encode(claims(tenant), "another-secret-that-is-also-long-enough-0123456789",
-                       algorithm="HS256")
+    token = jwt.encode(
+        claims(tenant), "another-secret-that-is-also-long-enough-0123456789", algorithm="HS256"
+    )
     assert_401(await call(server.url, token), "signature")
 
 
@@ -175,11 +209,27 @@ async def test_missing_required_claim(server: Server, tenant: str, claim: str) -
     assert_401(await call(server.url, token), claim)
 
 
-@pytest.mark.parametrize(("claim", "value"), [
-    ("sub", 12345), ("sub", ""), ("tenant_id", 7), ("tenant_id", "  "),
-    ("exp", "tomorrow"), ("roles", [1]), ("channels", "news"),
-], ids=["sub-int", "sub-empty", "tenant-int", "tenant-blank", "exp-str", "roles-int",
-        "channels-str"])
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("sub", 12345),
+        ("sub", ""),
+        ("tenant_id", 7),
+        ("tenant_id", "  "),
+        ("exp", "tomorrow"),
+        ("roles", [1]),
+        ("channels", "news"),
+    ],
+    ids=[
+        "sub-int",
+        "sub-empty",
+        "tenant-int",
+        "tenant-blank",
+        "exp-str",
+        "roles-int",
+        "channels-str",
+    ],
+)
 async def test_bad_claim_value(server: Server, tenant: str, claim: str, value: Any) -> None:
     token = jwt.encode(claims(tenant, **{claim: value}), JWT_SECRET, algorithm="HS256")
     assert_401(await call(server.url, token), claim)
@@ -192,8 +242,10 @@ async def test_any_tenant_only_for_service_tokens(server: Server) -> None:
 
 # --- asymmetric algorithms -----------------------------------------------------------------
 
-async def test_rs256_server_accepts_matching_key(rs256_server: Server,
-                                                 rsa_private: rsa.RSAPrivateKey) -> None:
+
+async def test_rs256_server_accepts_matching_key(
+    rs256_server: Server, rsa_private: rsa.RSAPrivateKey
+) -> None:
     token = jwt.encode(claims("t-rs256"), private_pem(rsa_private), algorithm="RS256")
     r = await call(rs256_server.url, token)
     assert r.status_code == 200, r.text
@@ -205,16 +257,19 @@ async def test_rs256_server_rejects_other_rsa_key(rs256_server: Server) -> None:
     assert_401(await call(rs256_server.url, token), "signature")
 
 
-async def test_rs256_server_rejects_algorithm_confusion(rs256_server: Server,
-                                                        rsa_private: rsa.RSAPrivateKey) -> None:
+async def test_rs256_server_rejects_algorithm_confusion(
+    rs256_server: Server, rsa_private: rsa.RSAPrivateKey
+) -> None:
     """HS256 signed with the public PEM as the HMAC secret (pyjwt refuses to build it)."""
-    token = hand_made({"alg": "HS256", "typ": "JWT"}, claims("t-rs256"),
-                      key=public_pem(rsa_private).encode())
+    token = hand_made(
+        {"alg": "HS256", "typ": "JWT"}, claims("t-rs256"), key=public_pem(rsa_private).encode()
+    )
     assert_401(await call(rs256_server.url, token), "algorithm")
 
 
-async def test_es256_server_accepts_es256_token(es256_server: Server,
-                                                ec_private: ec.EllipticCurvePrivateKey) -> None:
+async def test_es256_server_accepts_es256_token(
+    es256_server: Server, ec_private: ec.EllipticCurvePrivateKey
+) -> None:
     token = jwt.encode(claims("t-es256"), private_pem(ec_private), algorithm="ES256")
     r = await call(es256_server.url, token)
     assert r.status_code == 200, r.text
@@ -228,6 +283,7 @@ async def test_es256_server_rejects_other_ec_key(es256_server: Server) -> None:
 
 # --- roles ---------------------------------------------------------------------------------
 
+
 async def test_plain_user_cannot_broadcast(alice: httpx.AsyncClient) -> None:
     r = await alice.post(BROADCAST, json={**BODY, "broadcast_to_tenant": True})
     assert r.status_code == 403, r.text
@@ -235,8 +291,9 @@ async def test_plain_user_cannot_broadcast(alice: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize("roles", [["user", "admin"], ["service"]], ids=["admin", "service"])
-async def test_admin_and_service_may_broadcast(server: Server, tenant: str,
-                                               roles: list[str]) -> None:
+async def test_admin_and_service_may_broadcast(
+    server: Server, tenant: str, roles: list[str]
+) -> None:
     async with server.client("boss", tenant, roles) as client:
         r = await client.post(BROADCAST, json={**BODY, "user_id": "alice"})
     assert r.status_code == 202, r.text
@@ -244,6 +301,7 @@ async def test_admin_and_service_may_broadcast(server: Server, tenant: str,
 
 
 # --- public paths --------------------------------------------------------------------------
+
 
 async def test_health_is_public(server: Server) -> None:
     r = await call(server.url, path="/health")

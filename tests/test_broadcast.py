@@ -6,8 +6,11 @@ import uuid
 
 API = "/api/v1/notifications"
 BROADCAST = "/internal/broadcast"
-BODY = {"title": "Assessment Complete", "message": "Ready for review",
-        "notification_type": "assessment_complete"}
+BODY = {
+    "title": "Assessment Complete",
+    "message": "Ready for review",
+    "notification_type": "assessment_complete",
+}
 
 
 async def broadcast(client, **target: object) -> list[str]:
@@ -94,8 +97,9 @@ async def test_any_tenant_service_must_name_the_tenant(server, tenant, alice) ->
     async with server.client("svc", "*", ["service"]) as svc:
         r = await svc.post(BROADCAST, json={**BODY, "broadcast_to_tenant": True})
         assert r.status_code == 422 and "tenant_id" in r.text
-        r = await svc.post(BROADCAST, json={**BODY, "broadcast_to_tenant": True,
-                                            "tenant_id": tenant})
+        r = await svc.post(
+            BROADCAST, json={**BODY, "broadcast_to_tenant": True, "tenant_id": tenant}
+        )
         assert r.status_code == 202
     assert len(await inbox(alice)) == 1
 

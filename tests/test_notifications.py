@@ -18,8 +18,9 @@ async def create(client: httpx.AsyncClient, **body: object) -> dict:
 
 
 async def test_create_returns_the_notification_with_defaults(alice, tenant) -> None:
-    n = await create(alice, notification_type="iep_update", action_url="/iep/1",
-                     metadata={"iep_id": "1"})
+    n = await create(
+        alice, notification_type="iep_update", action_url="/iep/1", metadata={"iep_id": "1"}
+    )
     assert uuid.UUID(n["id"])
     assert n["tenant_id"] == tenant and n["user_id"] == "alice"
     assert n["priority"] == "normal" and n["channels"] == ["websocket", "in_app"]
@@ -74,8 +75,12 @@ async def test_filters(alice) -> None:
 
 async def test_users_never_see_each_other(alice, bob) -> None:
     n = await create(alice)
-    for call in (bob.get(f"{API}/{n['id']}"), bob.post(f"{API}/{n['id']}/read"),
-                 bob.delete(f"{API}/{n['id']}"), bob.get(f"{API}/{n['id']}/deliveries")):
+    for call in (
+        bob.get(f"{API}/{n['id']}"),
+        bob.post(f"{API}/{n['id']}/read"),
+        bob.delete(f"{API}/{n['id']}"),
+        bob.get(f"{API}/{n['id']}/deliveries"),
+    ):
         r = await call
         assert r.status_code == 404, r.text
     assert (await bob.get(API)).json()["items"] == []
@@ -102,8 +107,9 @@ async def test_admin_acts_for_users_of_its_tenant(admin, alice, tenant) -> None:
     assert (await admin.get(f"{API}/{n['id']}")).status_code == 200
     assert (await admin.post(f"{API}/{n['id']}/read")).json()["status"] == "read"
     assert (await alice.get(f"{API}/{n['id']}")).json()["status"] == "read"
-    other = await admin.post(API, json={"title": "x", "message": "m", "user_id": "alice",
-                                        "tenant_id": "someone-else"})
+    other = await admin.post(
+        API, json={"title": "x", "message": "m", "user_id": "alice", "tenant_id": "someone-else"}
+    )
     assert other.status_code == 403
 
 
@@ -117,8 +123,9 @@ async def test_any_tenant_service_token_names_the_tenant(server, tenant, alice) 
     async with server.client("svc", "*", ["service"]) as svc:
         missing = await svc.post(API, json={"title": "x", "message": "m", "user_id": "alice"})
         assert missing.status_code == 422 and "tenant_id" in missing.text
-        r = await svc.post(API, json={"title": "x", "message": "m", "user_id": "alice",
-                                      "tenant_id": tenant})
+        r = await svc.post(
+            API, json={"title": "x", "message": "m", "user_id": "alice", "tenant_id": tenant}
+        )
         assert r.status_code == 201, r.text
     assert [n["id"] for n in (await alice.get(API)).json()["items"]] == [r.json()["id"]]
 
@@ -192,8 +199,7 @@ async def test_idempotency_key_replays_and_conflicts(alice) -> None:
 async def test_idempotency_key_under_concurrency(alice) -> None:
     headers = {"Idempotency-Key": "race-" + uuid.uuid4().hex}
     body = {"title": "Race", "message": "m"}
-    answers = await asyncio.gather(*(alice.post(API, json=body, headers=headers)
-                                     for _ in range(8)))
+    answers = await asyncio.gather(*(alice.post(API, json=body, headers=headers) for _ in range(8)))
     assert {a.status_code for a in answers} == {201}
     assert len({a.json()["id"] for a in answers}) == 1
     assert len((await alice.get(API)).json()["items"]) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+
 import msgspec
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -19,8 +20,9 @@ async def fetch_subject(nats_url: str, subject: str, count: int, timeout: float 
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        sub = await js.pull_subscribe(subject, config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL, filter_subject=subject))
+        sub = await js.pull_subscribe(
+            subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, filter_subject=subject)
+        )
         msgs: list = []
         deadline = asyncio.get_running_loop().time() + timeout
         while len(msgs) < count and asyncio.get_running_loop().time() < deadline:
@@ -37,8 +39,9 @@ async def fetch_subject(nats_url: str, subject: str, count: int, timeout: float 
         await nc.close()
 
 
-async def test_user_notification_is_published_to_the_user_subject(server, nats_url, alice,
-                                                                  tenant) -> None:
+async def test_user_notification_is_published_to_the_user_subject(
+    server, nats_url, alice, tenant
+) -> None:
     r = await alice.post(API, json={"title": "Fanout", "message": "m"})
     n = r.json()
     [msg] = await fetch_subject(nats_url, bus.user_subject(tenant, "alice"), 1)
@@ -46,8 +49,9 @@ async def test_user_notification_is_published_to_the_user_subject(server, nats_u
     assert msgspec.json.decode(msg.data) == n
 
 
-async def test_broadcasts_go_to_tenant_and_channel_subjects(server, nats_url, service,
-                                                            tenant) -> None:
+async def test_broadcasts_go_to_tenant_and_channel_subjects(
+    server, nats_url, service, tenant
+) -> None:
     body = {"title": "t", "message": "m"}
     r = await service.post("/internal/broadcast", json={**body, "broadcast_to_tenant": True})
     [tenant_msg] = await fetch_subject(nats_url, bus.tenant_subject(tenant), 1)

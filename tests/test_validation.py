@@ -45,8 +45,12 @@ def metadata_of_size(size: int) -> dict[str, str]:
 
 # --- POST /api/v1/notifications: the body --------------------------------------------------
 
-@pytest.mark.parametrize("raw", [b"{bad", b'{"title": "t",', b"not json", b""],
-                         ids=["bad-key", "truncated", "not-json", "empty"])
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{bad", b'{"title": "t",', b"not json", b""],
+    ids=["bad-key", "truncated", "not-json", "empty"],
+)
 async def test_malformed_json(alice: httpx.AsyncClient, raw: bytes) -> None:
     r = await alice.post(INBOX, content=raw, headers={"content-type": "application/json"})
     assert_bad(r, None, {400})
@@ -58,18 +62,31 @@ async def test_array_instead_of_object(alice: httpx.AsyncClient) -> None:
     assert "object" in r.text
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("title", 5),
-    ("message", ["m"]),
-    ("metadata", "x"),
-    ("channels", "push"),
-    ("priority", "critical"),
-    ("channels", ["pigeon"]),
-    ("channels", []),
-    ("notification_type", "has spaces"),
-    ("foo", 1),
-], ids=["title-int", "message-list", "metadata-str", "channels-str", "priority-unknown",
-        "channel-unknown", "channels-empty", "type-pattern", "unknown-field"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("title", 5),
+        ("message", ["m"]),
+        ("metadata", "x"),
+        ("channels", "push"),
+        ("priority", "critical"),
+        ("channels", ["pigeon"]),
+        ("channels", []),
+        ("notification_type", "has spaces"),
+        ("foo", 1),
+    ],
+    ids=[
+        "title-int",
+        "message-list",
+        "metadata-str",
+        "channels-str",
+        "priority-unknown",
+        "channel-unknown",
+        "channels-empty",
+        "type-pattern",
+        "unknown-field",
+    ],
+)
 async def test_bad_field(alice: httpx.AsyncClient, field: str, value: Any) -> None:
     assert_bad(await alice.post(INBOX, json={**BODY, field: value}), field)
 
@@ -129,10 +146,16 @@ async def test_idempotency_key_too_long(alice: httpx.AsyncClient) -> None:
     assert "idempotency" in r.text.lower()
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("title", "a\x00b"), ("message", "a\x00b"), ("metadata", {"k": "a\x00b"}),
-    ("metadata", {"a\x00": 1}),
-], ids=["title", "message", "metadata-value", "metadata-key"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("title", "a\x00b"),
+        ("message", "a\x00b"),
+        ("metadata", {"k": "a\x00b"}),
+        ("metadata", {"a\x00": 1}),
+    ],
+    ids=["title", "message", "metadata-value", "metadata-key"],
+)
 async def test_nul_character(alice: httpx.AsyncClient, field: str, value: Any) -> None:
     """U+0000 is valid JSON: either stored as sent or refused naming the field, never a 500."""
     r = await alice.post(INBOX, json={**BODY, field: value})
@@ -152,12 +175,30 @@ async def test_rejected_bodies_store_nothing(alice: httpx.AsyncClient) -> None:
 
 # --- GET /api/v1/notifications: the query --------------------------------------------------
 
-@pytest.mark.parametrize(("param", "value"), [
-    ("limit", "0"), ("limit", "201"), ("limit", "ten"),
-    ("status", "bogus"), ("priority", "bogus"),
-    ("cursor", "garbage"), ("cursor", "eyJub3QiOiAiYSBjdXJzb3IifQ"), ("cursor", "x" * 600),
-], ids=["limit-0", "limit-201", "limit-text", "status", "priority", "cursor-garbage",
-        "cursor-json-object", "cursor-too-long"])
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("limit", "0"),
+        ("limit", "201"),
+        ("limit", "ten"),
+        ("status", "bogus"),
+        ("priority", "bogus"),
+        ("cursor", "garbage"),
+        ("cursor", "eyJub3QiOiAiYSBjdXJzb3IifQ"),
+        ("cursor", "x" * 600),
+    ],
+    ids=[
+        "limit-0",
+        "limit-201",
+        "limit-text",
+        "status",
+        "priority",
+        "cursor-garbage",
+        "cursor-json-object",
+        "cursor-too-long",
+    ],
+)
 async def test_bad_list_query(alice: httpx.AsyncClient, param: str, value: str) -> None:
     assert_bad(await alice.get(INBOX, params={param: value}), param)
 
@@ -177,13 +218,15 @@ async def test_not_a_uuid_id(alice: httpx.AsyncClient, path: str) -> None:
 
 # --- POST /internal/broadcast: exactly one target ------------------------------------------
 
+
 async def test_broadcast_without_target(service: httpx.AsyncClient) -> None:
     assert_bad(await service.post(BROADCAST, json=BODY), "target")
 
 
 async def test_broadcast_with_two_targets(service: httpx.AsyncClient) -> None:
-    r = await service.post(BROADCAST, json={**BODY, "user_id": "alice",
-                                            "broadcast_to_tenant": True})
+    r = await service.post(
+        BROADCAST, json={**BODY, "user_id": "alice", "broadcast_to_tenant": True}
+    )
     assert_bad(r, "target")
     assert "user_id" in r.json()["detail"] and "broadcast_to_tenant" in r.json()["detail"]
 

@@ -27,14 +27,21 @@ from notify.ops.docs import docs
 from notify.ops.health import health
 
 MAX_BODY_BYTES = 64 * 1024
-PUBLIC_PATHS = ["^/health$", "^/schema", "^/docs", "^/sw.js$", "^/api/v1/push/vapid-public-key$",
-                "^/ws/notify"]
+PUBLIC_PATHS = [
+    "^/health$",
+    "^/schema",
+    "^/docs",
+    "^/sw.js$",
+    "^/api/v1/push/vapid-public-key$",
+    "^/ws/notify",
+]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     engine = db.create_engine(settings)
     bus = Bus(settings)
     relay = OutboxRelay(engine, bus)
@@ -59,14 +66,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
         request_max_body_size=MAX_BODY_BYTES,
-        cors_config=CORSConfig(allow_origins=["*"], allow_headers=["Authorization",
-                                                                   "Content-Type",
-                                                                   "Idempotency-Key"]),
+        cors_config=CORSConfig(
+            allow_origins=["*"], allow_headers=["Authorization", "Content-Type", "Idempotency-Key"]
+        ),
         openapi_config=OpenAPIConfig(
-            title="notify", version=notify.__version__, path="/schema",
+            title="notify",
+            version=notify.__version__,
+            path="/schema",
             render_plugins=[ScalarRenderPlugin(path="/"), SwaggerRenderPlugin(path="/swagger")],
-            components=Components(security_schemes={"BearerToken": SecurityScheme(
-                type="http", scheme="bearer", bearer_format="JWT")}),
+            components=Components(
+                security_schemes={
+                    "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+                }
+            ),
             security=[{"BearerToken": []}],
         ),
     )

@@ -25,9 +25,14 @@ def _serve(settings: Settings, host: str, port: int) -> None:
 
     from notify.app import create_app
 
-    config = uvicorn.Config(create_app(settings), host=host, port=port, lifespan="on",
-                            log_level=settings.log_level.lower(),
-                            timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
     asyncio.run(uvicorn.Server(config).serve())
 
 
@@ -47,8 +52,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _warn_push(settings: Settings) -> None:
     if not settings.push_enabled:
-        print("warning: VAPID_PUBLIC_KEY/VAPID_PRIVATE_KEY not set: Web Push is disabled",
-              file=sys.stderr)
+        print(
+            "warning: VAPID_PUBLIC_KEY/VAPID_PRIVATE_KEY not set: Web Push is disabled",
+            file=sys.stderr,
+        )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -64,8 +71,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     from notify.core.auth import mint_token
 
     settings = _settings(args)
-    print(mint_token(settings, args.sub, args.tenant, args.role or ["user"], args.channel,
-                     args.ttl))
+    print(
+        mint_token(settings, args.sub, args.tenant, args.role or ["user"], args.channel, args.ttl)
+    )
     return 0
 
 
@@ -101,8 +109,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
         db.upgrade(settings)
         token = mint_token(settings, "dev-user", "dev", ["user", "admin"], ttl=30 * 86400)
         base = f"http://{args.host}:{args.port}"
-        print(f"notify dev: {base}\n  docs:      {base}/docs\n  nats:      {settings.nats_url}"
-              f"\n  data:      {data_dir}\n  dev token: {token}", flush=True)
+        print(
+            f"notify dev: {base}\n  docs:      {base}/docs\n  nats:      {settings.nats_url}"
+            f"\n  data:      {data_dir}\n  dev token: {token}",
+            flush=True,
+        )
         _serve(settings, args.host, args.port)
     finally:
         if nats is not None:
@@ -127,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply migrations to DATABASE_URL").set_defaults(
-        func=cmd_migrate)
+        func=cmd_migrate
+    )
 
     tok = sub.add_parser("token", help="print a JWT signed with the configured key")
     tok.add_argument("--sub", required=True)
@@ -140,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     vapid = sub.add_parser("vapid", help="VAPID keys for Web Push")
     vapid_sub = vapid.add_subparsers(dest="vapid_command", required=True)
     vapid_sub.add_parser("generate", help="print a new key pair as env lines").set_defaults(
-        func=cmd_vapid)
+        func=cmd_vapid
+    )
     return parser
 
 

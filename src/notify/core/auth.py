@@ -107,8 +107,13 @@ def mint_token(
     if not settings.jwt_secret_key:
         raise TokenError("JWT_SECRET_KEY is not set: cannot sign tokens")
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": sub, "tenant_id": tenant_id, "roles": roles or ["user"],
-                              "iat": now, "exp": now + ttl}
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "tenant_id": tenant_id,
+        "roles": roles or ["user"],
+        "iat": now,
+        "exp": now + ttl,
+    }
     if channels:
         claims["channels"] = channels
     return jwt.encode(claims, settings.jwt_secret_key, algorithm=settings.jwt_algorithm)
@@ -143,8 +148,9 @@ def _require(roles: set[str], what: str) -> Any:
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal: Principal = connection.user
         if not principal.roles & roles:
-            raise PermissionDeniedException(detail=f"{what} requires one of the roles: "
-                                            + ", ".join(sorted(roles)))
+            raise PermissionDeniedException(
+                detail=f"{what} requires one of the roles: " + ", ".join(sorted(roles))
+            )
 
     return guard
 

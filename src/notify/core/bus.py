@@ -68,8 +68,9 @@ class Bus:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ready.wait(), wait)
         if not self.ready.is_set():
-            log.warning("NATS at %s not reachable yet; retrying in the background",
-                        self._settings.nats_url)
+            log.warning(
+                "NATS at %s not reachable yet; retrying in the background", self._settings.nats_url
+            )
 
     async def _connect_forever(self) -> None:
         delay = 0.2
@@ -88,8 +89,12 @@ class Bus:
                 self._js = self.nc.jetstream(timeout=5)
                 await self.ensure_streams()
                 self.ready.set()
-                log.info("connected to NATS at %s", self.nc.connected_url.netloc
-                         if self.nc.connected_url else self._settings.nats_url)
+                log.info(
+                    "connected to NATS at %s",
+                    self.nc.connected_url.netloc
+                    if self.nc.connected_url
+                    else self._settings.nats_url,
+                )
                 return
             except Exception as exc:  # any failure: log once per attempt, back off, retry
                 log.warning("NATS connect failed (%s); retrying in %.1fs", exc or type(exc), delay)
@@ -102,8 +107,9 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         retention = self._settings.stream_retention_days * 86400
-        config = StreamConfig(name=STREAM, subjects=STREAM_SUBJECTS, max_age=retention,
-                              duplicate_window=120)
+        config = StreamConfig(
+            name=STREAM, subjects=STREAM_SUBJECTS, max_age=retention, duplicate_window=120
+        )
         js = self._js
         assert js is not None
         try:
@@ -116,12 +122,12 @@ class Bus:
         ack = await self.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
         return int(ack.seq)
 
-    async def check(self, timeout: float = 1.0) -> str | None:
+    async def check(self) -> str | None:
         """None if NATS answers a round trip now, else why not."""
         if not self.connected or self.nc is None:
             return "not connected"
         try:
-            await self.nc.flush(timeout=timeout)
+            await self.nc.flush(timeout=1)
         except Exception as exc:
             return f"no answer ({type(exc).__name__})"
         return None

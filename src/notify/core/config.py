@@ -56,7 +56,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         key = self.jwt_secret_key if self.jwt_algorithm == "HS256" else self.jwt_public_key
         if not key:
             name = "JWT_SECRET_KEY" if self.jwt_algorithm == "HS256" else "JWT_PUBLIC_KEY"
-            raise SettingsError(f"{name}: not set (required for JWT_ALGORITHM={self.jwt_algorithm})")
+            raise SettingsError(
+                f"{name}: not set (required for JWT_ALGORITHM={self.jwt_algorithm})"
+            )
         return key
 
     @property

@@ -42,8 +42,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     else:
-        kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
-                      pool_pre_ping=True)
+        kwargs.update(
+            pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size, pool_pre_ping=True
+        )
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
         _configure_sqlite(engine)
@@ -116,7 +117,9 @@ def check_migrated(settings: Settings) -> str | None:
         head = head_revision(settings)
         if current == head:
             return None
-        return (f"database is not migrated (at {current or 'nothing'}, head is {head}); "
-                "run `notify migrate`")
+        return (
+            f"database is not migrated (at {current or 'nothing'}, head is {head}); "
+            "run `notify migrate`"
+        )
 
     return asyncio.run(_check())

@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
+from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -36,8 +37,13 @@ class Invalid(HTTPException):
 
 
 def _unavailable(what: str, exc: Exception, request: Request[Any, Any, Any]) -> Response[Any]:
-    log.error("%s unavailable during %s %s: %s", what, request.method, request.url.path,
-              str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    log.error(
+        "%s unavailable during %s %s: %s",
+        what,
+        request.method,
+        request.url.path,
+        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+    )
     return Response(
         {"status_code": 503, "detail": f"{what} unavailable, try again later", "extra": {}},
         status_code=HTTP_503_SERVICE_UNAVAILABLE,
@@ -45,8 +51,11 @@ def _unavailable(what: str, exc: Exception, request: Request[Any, Any, Any]) -> 
 
 
 def database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) \
-            and not exc.connection_invalidated:
+    if (
+        isinstance(exc, DBAPIError)
+        and not isinstance(exc, OperationalError)
+        and not exc.connection_invalidated
+    ):
         raise exc
     return _unavailable("database", exc, request)
 
@@ -56,7 +65,7 @@ def connection_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _unavailable("database", exc, request)
 
 
-exception_handlers: dict[type[Exception], Any] = {
+exception_handlers: ExceptionHandlersMap = {
     OperationalError: database_error,
     DBAPIError: database_error,
     PoolTimeout: database_error,

@@ -13,6 +13,13 @@ from notify.ops.models import AuditEntry
 from notify.push.models import PushSubscription
 
 __all__ = [
-    "AuditEntry", "DigestSubscription", "IdempotencyKey", "Notification", "NotificationDelivery",
-    "NotificationRead", "OutboxMessage", "PushSubscription", "WebSocketConnection",
+    "AuditEntry",
+    "DigestSubscription",
+    "IdempotencyKey",
+    "Notification",
+    "NotificationDelivery",
+    "NotificationRead",
+    "OutboxMessage",
+    "PushSubscription",
+    "WebSocketConnection",
 ]

@@ -17,6 +17,7 @@ def generate_vapid_keys() -> tuple[str, str]:
     vapid = Vapid()
     vapid.generate_keys()
     public = vapid.public_key.public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
     private = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
     return _b64url(public), _b64url(private)

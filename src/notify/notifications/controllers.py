@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from notify.core.auth import Principal, service_or_admin
 from notify.core.errors import Forbidden, Invalid
@@ -32,9 +32,14 @@ from notify.notifications.service import ENCODER, NotificationService, Target
 
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(header="Idempotency-Key", required=False, max_length=255,
-              description="Repeat a request safely: same key and body, same answer."),
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        max_length=255,
+        description="Repeat a request safely: same key and body, same answer.",
+    ),
 ]
+Service = NamedDependency[NotificationService]
 provide_service = create_service_provider(NotificationService)
 
 
@@ -58,11 +63,19 @@ class NotificationController(Controller):
     tags = ["notifications"]
     dependencies = {"service": Provide(provide_service)}
 
-    @post("/", status_code=201, summary="Create a notification",
-          responses={201: ResponseSpec(NotificationOut, description="Created")})
-    async def create(self, request: Request[Principal, str, State], data: NotificationCreate,
-                     service: NotificationService, idempotency_key: IdempotencyKey = None,
-                     ) -> Response[bytes]:
+    @post(
+        "/",
+        status_code=201,
+        summary="Create a notification",
+        responses={201: ResponseSpec(NotificationOut, description="Created")},
+    )
+    async def create(
+        self,
+        request: Request[Principal, str, State],
+        data: JSONBody[NotificationCreate],
+        service: Service,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[bytes]:
         p = request.user
         tenant = resolve_tenant(p, data.tenant_id)
         user = data.user_id or p.sub
@@ -78,17 +91,21 @@ class NotificationController(Controller):
             return 201, ENCODER.encode(out)
 
         status, body = await service.idempotent(
-            p, idempotency_key, request.url.path.encode() + ENCODER.encode(data), produce)
+            p, idempotency_key, request.url.path.encode() + ENCODER.encode(data), produce
+        )
         request.app.state.outbox.wake()
         return _json(status, body)
 
     @get("/", summary="List the caller's inbox, newest first")
     async def list_inbox(
-        self, request: Request[Principal, str, State], service: NotificationService,
-        status: Status | None = None, notification_type: TypeName | None = None,
-        priority: Priority | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        cursor: Annotated[str | None, Parameter(max_length=512)] = None,
+        self,
+        request: Request[Principal, str, State],
+        service: Service,
+        status: FromQuery[Status | None] = None,
+        notification_type: FromQuery[TypeName | None] = None,
+        priority: FromQuery[Priority | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
     ) -> NotificationPage:
         f = InboxFilter(status=status, notification_type=notification_type, priority=priority)
         try:
@@ -97,44 +114,71 @@ class NotificationController(Controller):
             raise Invalid("cursor", str(exc)) from None
 
     @get("/unread-count", summary="How many unread notifications the caller has")
-    async def unread_count(self, request: Request[Principal, str, State],
-                           service: NotificationService) -> UnreadCount:
+    async def unread_count(
+        self, request: Request[Principal, str, State], service: Service
+    ) -> UnreadCount:
         return UnreadCount(await service.unread_count(request.user))
 
     @post("/read-all", status_code=200, summary="Mark every notification of the caller read")
-    async def read_all(self, request: Request[Principal, str, State],
-                       service: NotificationService) -> ReadAllResult:
+    async def read_all(
+        self, request: Request[Principal, str, State], service: Service
+    ) -> ReadAllResult:
         return ReadAllResult(await service.read_all(request.user))
 
     @get("/{notification_id:uuid}", summary="One notification")
-    async def get_one(self, request: Request[Principal, str, State],
-                      service: NotificationService, notification_id: UUID) -> NotificationOut:
+    async def get_one(
+        self,
+        request: Request[Principal, str, State],
+        service: Service,
+        notification_id: UUID,
+    ) -> NotificationOut:
         return await service.get_visible(request.user, notification_id)
 
     @post("/{notification_id:uuid}/read", status_code=200, summary="Mark one notification read")
-    async def mark_read(self, request: Request[Principal, str, State],
-                        service: NotificationService, notification_id: UUID) -> NotificationOut:
+    async def mark_read(
+        self,
+        request: Request[Principal, str, State],
+        service: Service,
+        notification_id: UUID,
+    ) -> NotificationOut:
         return await service.mark_read(request.user, notification_id)
 
     @delete("/{notification_id:uuid}", status_code=204, summary="Delete (or dismiss) one")
-    async def remove(self, request: Request[Principal, str, State],
-                     service: NotificationService, notification_id: UUID) -> None:
+    async def remove(
+        self,
+        request: Request[Principal, str, State],
+        service: Service,
+        notification_id: UUID,
+    ) -> None:
         await service.remove(request.user, notification_id)
 
     @get("/{notification_id:uuid}/deliveries", summary="Delivery state per channel and target")
-    async def deliveries(self, request: Request[Principal, str, State],
-                         service: NotificationService, notification_id: UUID) -> DeliveryList:
+    async def deliveries(
+        self,
+        request: Request[Principal, str, State],
+        service: Service,
+        notification_id: UUID,
+    ) -> DeliveryList:
         return await service.deliveries(request.user, notification_id)
 
 
 def broadcast_targets(data: BroadcastCreate, tenant: str) -> list[Target]:
-    chosen = [name for name, on in (
-        ("user_id", data.user_id is not None), ("user_ids", data.user_ids is not None),
-        ("broadcast_to_tenant", data.broadcast_to_tenant), ("channel", data.channel is not None),
-    ) if on]
+    chosen = [
+        name
+        for name, on in (
+            ("user_id", data.user_id is not None),
+            ("user_ids", data.user_ids is not None),
+            ("broadcast_to_tenant", data.broadcast_to_tenant),
+            ("channel", data.channel is not None),
+        )
+        if on
+    ]
     if len(chosen) != 1:
-        raise Invalid("target", "give exactly one of user_id, user_ids, broadcast_to_tenant, "
-                      f"channel (got {', '.join(chosen) or 'none'})")
+        raise Invalid(
+            "target",
+            "give exactly one of user_id, user_ids, broadcast_to_tenant, "
+            f"channel (got {', '.join(chosen) or 'none'})",
+        )
     if data.user_id is not None:
         return [Target(tenant, user_id=data.user_id)]
     if data.user_ids is not None:
@@ -150,24 +194,36 @@ class BroadcastController(Controller):
     guards = [service_or_admin]
     dependencies = {"service": Provide(provide_service)}
 
-    @post("/broadcast", status_code=202, summary="Fan a notification out to users, a tenant or "
-          "a channel", responses={202: ResponseSpec(BroadcastResult, description="Accepted")})
-    async def broadcast(self, request: Request[Principal, str, State], data: BroadcastCreate,
-                        service: NotificationService, idempotency_key: IdempotencyKey = None,
-                        ) -> Response[bytes]:
+    @post(
+        "/broadcast",
+        status_code=202,
+        summary="Fan a notification out to users, a tenant or a channel",
+        responses={202: ResponseSpec(BroadcastResult, description="Accepted")},
+    )
+    async def broadcast(
+        self,
+        request: Request[Principal, str, State],
+        data: JSONBody[BroadcastCreate],
+        service: Service,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[bytes]:
         p = request.user
         targets = broadcast_targets(data, resolve_tenant(p, data.tenant_id))
 
         async def produce() -> tuple[int, bytes]:
             ids = [service.add(p, data, t).id for t in targets]
-            service.audit(p, targets[0].tenant_id, "notification.broadcast",
-                          str(ids[0]) if len(ids) == 1 else None,
-                          audience=targets[0].audience, count=len(ids))
+            service.audit(
+                p,
+                targets[0].tenant_id,
+                "notification.broadcast",
+                str(ids[0]) if len(ids) == 1 else None,
+                audience=targets[0].audience,
+                count=len(ids),
+            )
             return 202, ENCODER.encode(BroadcastResult(ids))
 
         status, body = await service.idempotent(
-            p, idempotency_key, request.url.path.encode() + ENCODER.encode(data), produce)
+            p, idempotency_key, request.url.path.encode() + ENCODER.encode(data), produce
+        )
         request.app.state.outbox.wake()
         return _json(status, body)
-
-

@@ -8,7 +8,6 @@ from uuid import UUID
 
 from advanced_alchemy.types import GUID, DateTimeUTC, JsonB
 from sqlalchemy import (
-
     ForeignKey,
     Index,
     Integer,
@@ -31,7 +30,10 @@ class Notification(TimestampedUUID):
         Index("ix_notifications_inbox", "tenant_id", "user_id", "created_at", "id"),
         # Tenant-wide rows, unioned into every inbox of the tenant.
         Index(
-            "ix_notifications_tenant_wide", "tenant_id", "created_at", "id",
+            "ix_notifications_tenant_wide",
+            "tenant_id",
+            "created_at",
+            "id",
             postgresql_where=text("audience = 'tenant'"),
             sqlite_where=text("audience = 'tenant'"),
         ),
@@ -121,6 +123,9 @@ class IdempotencyKey(DefaultBase):
 
 
 __all__ = [
-    "IdempotencyKey", "Notification", "NotificationDelivery", "NotificationRead",
+    "IdempotencyKey",
+    "Notification",
+    "NotificationDelivery",
+    "NotificationRead",
     "OutboxMessage",
 ]

@@ -64,19 +64,26 @@ class OutboxRelay:
             rows = list(await session.scalars(stmt))
             if not rows:
                 return 0
-            await asyncio.gather(*(
-                self._bus.publish(r.subject, r.payload, msg_id=str(r.notification_id))
-                for r in rows
-            ))
+            await asyncio.gather(
+                *(
+                    self._bus.publish(r.subject, r.payload, msg_id=str(r.notification_id))
+                    for r in rows
+                )
+            )
             ids = [r.notification_id for r in rows]
-            await session.execute(delete(OutboxMessage).where(
-                OutboxMessage.id.in_([r.id for r in rows])))
+            await session.execute(
+                delete(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows]))
+            )
             await session.execute(
                 update(NotificationDelivery)
-                .where(NotificationDelivery.notification_id.in_(ids),
-                       NotificationDelivery.channel == "websocket",
-                       NotificationDelivery.status == "pending")
-                .values(status="sent", attempts=NotificationDelivery.attempts + 1,
-                        updated_at=utcnow()))
+                .where(
+                    NotificationDelivery.notification_id.in_(ids),
+                    NotificationDelivery.channel == "websocket",
+                    NotificationDelivery.status == "pending",
+                )
+                .values(
+                    status="sent", attempts=NotificationDelivery.attempts + 1, updated_at=utcnow()
+                )
+            )
         self.published += len(rows)
         return len(rows)

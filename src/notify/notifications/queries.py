@@ -13,7 +13,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from notify.core.auth import Principal
 from notify.notifications.models import Notification, NotificationRead
-from notify.notifications.schemas import NotificationOut
+from notify.notifications.schemas import NotificationOut, Status
 
 N = Notification.__table__
 R = NotificationRead.__table__
@@ -69,31 +69,48 @@ def _shared(p: Principal, f: InboxFilter) -> Select[Any]:
     return stmt
 
 
-def _common(stmt: Select[Any], f: InboxFilter, after: tuple[dt.datetime, UUID] | None,
-            limit: int) -> Any:
+def _common(
+    stmt: Select[Any], f: InboxFilter, after: tuple[dt.datetime, UUID] | None, limit: int
+) -> Any:
     if f.notification_type:
         stmt = stmt.where(N.c.notification_type == f.notification_type)
     if f.priority:
         stmt = stmt.where(N.c.priority == f.priority)
     if after is not None:
-        stmt = stmt.where(tuple_(N.c.created_at, N.c.id) < tuple_(*after))
+        created, id_ = after
+        stmt = stmt.where(
+            tuple_(N.c.created_at, N.c.id)
+            < tuple_(literal(created, N.c.created_at.type), literal(id_, N.c.id.type))
+        )
     # Each half walks its own index in order and stops at `limit`; the union merges them.
     return select(stmt.order_by(N.c.created_at.desc(), N.c.id.desc()).limit(limit).subquery())
 
 
-def inbox_page(p: Principal, f: InboxFilter, after: tuple[dt.datetime, UUID] | None,
-               limit: int) -> Any:
-    both = union_all(_common(_own(p, f), f, after, limit),
-                     _common(_shared(p, f), f, after, limit)).subquery()
+def inbox_page(
+    p: Principal, f: InboxFilter, after: tuple[dt.datetime, UUID] | None, limit: int
+) -> Any:
+    both = union_all(
+        _common(_own(p, f), f, after, limit), _common(_shared(p, f), f, after, limit)
+    ).subquery()
     return select(both).order_by(both.c.created_at.desc(), both.c.id.desc()).limit(limit)
 
 
 def unread_count(p: Principal) -> Any:
-    own = (select(func.count()).select_from(N)
-           .where(N.c.tenant_id == p.tenant_id, N.c.user_id == p.sub, N.c.status == "unread"))
-    shared = (select(func.count()).select_from(_reads_join(p.sub))
-              .where(N.c.tenant_id == p.tenant_id, N.c.audience == "tenant",
-                     R.c.read_at.is_(None), R.c.deleted_at.is_(None)))
+    own = (
+        select(func.count())
+        .select_from(N)
+        .where(N.c.tenant_id == p.tenant_id, N.c.user_id == p.sub, N.c.status == "unread")
+    )
+    shared = (
+        select(func.count())
+        .select_from(_reads_join(p.sub))
+        .where(
+            N.c.tenant_id == p.tenant_id,
+            N.c.audience == "tenant",
+            R.c.read_at.is_(None),
+            R.c.deleted_at.is_(None),
+        )
+    )
     return select(own.scalar_subquery() + shared.scalar_subquery())
 
 
@@ -104,9 +121,11 @@ def visible_item(p: Principal, notification_id: UUID) -> Any:
         access.append(literal(True))
     elif p.channels:
         access.append(and_(N.c.audience == "channel", N.c.channel.in_(sorted(p.channels))))
-    stmt = (select(*N.c, R.c.read_at.label("my_read_at"), R.c.deleted_at.label("my_deleted_at"))
-            .select_from(_reads_join(p.sub))
-            .where(N.c.id == notification_id, or_(*access)))
+    stmt = (
+        select(*N.c, R.c.read_at.label("my_read_at"), R.c.deleted_at.label("my_deleted_at"))
+        .select_from(_reads_join(p.sub))
+        .where(N.c.id == notification_id, or_(*access))
+    )
     if not p.any_tenant:
         stmt = stmt.where(N.c.tenant_id == p.tenant_id)
     return stmt
@@ -117,10 +136,19 @@ def to_out(row: Any) -> NotificationOut:
     m = row._mapping
     shared = m["audience"] != "user"
     read_at = m["my_read_at"] if shared else m["read_at"]
-    status = ("read" if read_at is not None else "unread") if shared else m["status"]
+    status: Status = ("read" if read_at is not None else "unread") if shared else m["status"]
     return NotificationOut(
-        id=m["id"], tenant_id=m["tenant_id"], user_id=m["user_id"], title=m["title"],
-        message=m["message"], notification_type=m["notification_type"], priority=m["priority"],
-        channels=m["channels"], action_url=m["action_url"], metadata=m["metadata"],
-        status=status, read_at=read_at, created_at=m["created_at"],
+        id=m["id"],
+        tenant_id=m["tenant_id"],
+        user_id=m["user_id"],
+        title=m["title"],
+        message=m["message"],
+        notification_type=m["notification_type"],
+        priority=m["priority"],
+        channels=m["channels"],
+        action_url=m["action_url"],
+        metadata=m["metadata"],
+        status=status,
+        read_at=read_at,
+        created_at=m["created_at"],
     )

@@ -20,8 +20,13 @@ METADATA_MAX_BYTES = 16 * 1024
 
 Id = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[^\s]", description="opaque id")]
 ChannelName = Annotated[
-    str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$",
-              description="a tenant channel name")
+    str,
+    Meta(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.:@-]+$",
+        description="a tenant channel name",
+    ),
 ]
 Title = Annotated[str, Meta(min_length=1, max_length=200)]
 Message = Annotated[str, Meta(max_length=4000)]

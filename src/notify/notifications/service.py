@@ -9,13 +9,13 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from uuid_utils.compat import uuid7
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import delete, literal, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from uuid_utils.compat import uuid7
 
 from notify.core import bus
 from notify.core.auth import Principal
@@ -84,26 +84,53 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         """Stage a notification with its deliveries and outbox row (committed by the caller)."""
         now = utcnow()
         row = Notification(
-            id=uuid7(), tenant_id=target.tenant_id, user_id=target.user_id, audience=target.audience,
-            channel=target.channel, title=body.title, message=body.message,
-            notification_type=body.notification_type, priority=body.priority,
-            channels=list(body.channels), action_url=body.action_url, meta=body.metadata,
-            status="unread", created_by=actor.sub, created_at=now, updated_at=now,
+            id=uuid7(),
+            tenant_id=target.tenant_id,
+            user_id=target.user_id,
+            audience=target.audience,
+            channel=target.channel,
+            title=body.title,
+            message=body.message,
+            notification_type=body.notification_type,
+            priority=body.priority,
+            channels=list(body.channels),
+            action_url=body.action_url,
+            meta=body.metadata,
+            status="unread",
+            created_by=actor.sub,
+            created_at=now,
+            updated_at=now,
         )
         self.db.add(row)
         out = NotificationOut(
-            id=row.id, tenant_id=row.tenant_id, user_id=row.user_id, title=row.title,
-            message=row.message, notification_type=row.notification_type,
-            priority=body.priority, channels=list(body.channels), action_url=row.action_url,
-            metadata=row.meta, status="unread", read_at=None, created_at=now,
+            id=row.id,
+            tenant_id=row.tenant_id,
+            user_id=row.user_id,
+            title=row.title,
+            message=row.message,
+            notification_type=row.notification_type,
+            priority=body.priority,
+            channels=list(body.channels),
+            action_url=row.action_url,
+            metadata=row.meta,
+            status="unread",
+            read_at=None,
+            created_at=now,
         )
         self.db.add_all(self._deliveries(row, body, target, now))
-        self.db.add(OutboxMessage(notification_id=row.id, subject=target.subject,
-                                  payload=ENCODER.encode(out), created_at=now))
+        self.db.add(
+            OutboxMessage(
+                notification_id=row.id,
+                subject=target.subject,
+                payload=ENCODER.encode(out),
+                created_at=now,
+            )
+        )
         return out
 
-    def _deliveries(self, row: Notification, body: NotificationBody, target: Target,
-                    now: Any) -> list[NotificationDelivery]:
+    def _deliveries(
+        self, row: Notification, body: NotificationBody, target: Target, now: Any
+    ) -> list[NotificationDelivery]:
         rows = []
         for channel in body.channels:
             status, error = "pending", None
@@ -112,20 +139,39 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
                 error = None if status == "sent" else "channel notifications are not in inboxes"
             elif channel in EXTERNAL_CHANNELS:
                 status, error = "skipped", f"{channel} delivery is not configured on this server"
-            rows.append(NotificationDelivery(
-                notification_id=row.id, tenant_id=row.tenant_id, user_id=row.user_id,
-                channel=channel, status=status, last_error=error, created_at=now, updated_at=now,
-            ))
+            rows.append(
+                NotificationDelivery(
+                    notification_id=row.id,
+                    tenant_id=row.tenant_id,
+                    user_id=row.user_id,
+                    channel=channel,
+                    status=status,
+                    last_error=error,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
         return rows
 
-    def audit(self, actor: Principal, tenant_id: str, action: str, resource_id: str | None,
-              **details: Any) -> None:
-        self.db.add(AuditEntry(tenant_id=tenant_id, actor=actor.sub, action=action,
-                               resource_type="notification", resource_id=resource_id,
-                               details=details))
+    def audit(
+        self, actor: Principal, tenant_id: str, action: str, resource_id: str | None, **details: Any
+    ) -> None:
+        self.db.add(
+            AuditEntry(
+                tenant_id=tenant_id,
+                actor=actor.sub,
+                action=action,
+                resource_type="notification",
+                resource_id=resource_id,
+                details=details,
+            )
+        )
 
     async def idempotent(
-        self, actor: Principal, key: str | None, request: bytes,
+        self,
+        actor: Principal,
+        key: str | None,
+        request: bytes,
         produce: Callable[[], Awaitable[tuple[int, bytes]]],
     ) -> tuple[int, bytes]:
         """Run `produce` and commit once per key; a repeat replays the stored answer."""
@@ -141,8 +187,16 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
             finally:
                 await self.db.rollback()
         status, body = await produce()
-        self.db.add(IdempotencyKey(tenant_id=actor.tenant_id, principal=actor.sub, key=key,
-                                   request_hash=digest, status_code=status, body=body))
+        self.db.add(
+            IdempotencyKey(
+                tenant_id=actor.tenant_id,
+                principal=actor.sub,
+                key=key,
+                request_hash=digest,
+                status_code=status,
+                body=body,
+            )
+        )
         try:
             await self.db.commit()
         except IntegrityError:
@@ -155,8 +209,9 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         return status, body
 
     # -- reading ----------------------------------------------------------------------------
-    async def page(self, p: Principal, f: queries.InboxFilter, limit: int,
-                   cursor: str | None) -> NotificationPage:
+    async def page(
+        self, p: Principal, f: queries.InboxFilter, limit: int, cursor: str | None
+    ) -> NotificationPage:
         after = queries.decode_cursor(cursor) if cursor else None
         rows = (await self.db.execute(queries.inbox_page(p, f, after, limit + 1))).all()
         items = [queries.to_out(r) for r in rows[:limit]]
@@ -181,12 +236,11 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         rows = await self.db.scalars(
             select(NotificationDelivery)
             .where(NotificationDelivery.notification_id == notification_id)
-            .order_by(NotificationDelivery.created_at, NotificationDelivery.id))
-        return DeliveryList(items=[
-            DeliveryOut(channel=d.channel, status=d.status, attempts=d.attempts,  # type: ignore[arg-type]
-                        last_error=d.last_error, target=d.target, updated_at=d.updated_at)
-            for d in rows
-        ])
+            .order_by(NotificationDelivery.created_at, NotificationDelivery.id)
+        )
+        return DeliveryList(
+            items=[msgspec.convert(d, DeliveryOut, from_attributes=True) for d in rows]
+        )
 
     # -- changing read state ----------------------------------------------------------------
     async def mark_read(self, p: Principal, notification_id: UUID) -> NotificationOut:
@@ -194,13 +248,19 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         now = utcnow()
         if row._mapping["audience"] == "user":
             await self.db.execute(
-                update(Notification).where(Notification.id == notification_id,
-                                           Notification.status == "unread")
-                .values(status="read", read_at=now, updated_at=now))
+                update(Notification)
+                .where(Notification.id == notification_id, Notification.status == "unread")
+                .values(status="read", read_at=now, updated_at=now)
+            )
         else:
-            await self.db.execute(self._set_state(
-                p, select(Notification.id).where(Notification.id == notification_id),
-                "read_at", now))
+            await self.db.execute(
+                self._set_state(
+                    p,
+                    select(Notification.id).where(Notification.id == notification_id),
+                    "read_at",
+                    now,
+                )
+            )
         await self.db.commit()
         return await self.get_visible(p, notification_id)
 
@@ -208,15 +268,27 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         now = utcnow()
         own = await self.db.execute(
             update(Notification)
-            .where(Notification.tenant_id == p.tenant_id, Notification.user_id == p.sub,
-                   Notification.status == "unread")
-            .values(status="read", read_at=now, updated_at=now))
+            .where(
+                Notification.tenant_id == p.tenant_id,
+                Notification.user_id == p.sub,
+                Notification.status == "unread",
+            )
+            .values(status="read", read_at=now, updated_at=now)
+        )
         unread_shared = (
             select(Notification.id)
-            .outerjoin(NotificationRead, (NotificationRead.notification_id == Notification.id)
-                       & (NotificationRead.user_id == p.sub))
-            .where(Notification.tenant_id == p.tenant_id, Notification.audience == "tenant",
-                   NotificationRead.read_at.is_(None), NotificationRead.deleted_at.is_(None)))
+            .outerjoin(
+                NotificationRead,
+                (NotificationRead.notification_id == Notification.id)
+                & (NotificationRead.user_id == p.sub),
+            )
+            .where(
+                Notification.tenant_id == p.tenant_id,
+                Notification.audience == "tenant",
+                NotificationRead.read_at.is_(None),
+                NotificationRead.deleted_at.is_(None),
+            )
+        )
         shared = await self.db.execute(self._set_state(p, unread_shared, "read_at", now))
         await self.db.commit()
         return int(own.rowcount or 0) + int(shared.rowcount or 0)  # type: ignore[attr-defined]
@@ -226,7 +298,8 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         dialect = postgresql if self.db.bind.dialect.name == "postgresql" else sqlite
         rows = select(ids.subquery().c.id, literal(p.sub), literal(p.tenant_id), literal(now))
         stmt = dialect.insert(NotificationRead).from_select(
-            ["notification_id", "user_id", "tenant_id", column], rows.where(true()))
+            ["notification_id", "user_id", "tenant_id", column], rows.where(true())
+        )
         return stmt.on_conflict_do_update(
             index_elements=["notification_id", "user_id"],
             set_={column: stmt.excluded[column]},
@@ -240,18 +313,26 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         if m["audience"] == "user":
             await self.db.execute(delete(Notification).where(Notification.id == notification_id))
         else:
-            await self.db.execute(self._set_state(
-                p, select(Notification.id).where(Notification.id == notification_id),
-                "deleted_at", utcnow()))
-        self.audit(p, m["tenant_id"], "notification.delete", str(notification_id),
-                   audience=m["audience"])
+            await self.db.execute(
+                self._set_state(
+                    p,
+                    select(Notification.id).where(Notification.id == notification_id),
+                    "deleted_at",
+                    utcnow(),
+                )
+            )
+        self.audit(
+            p, m["tenant_id"], "notification.delete", str(notification_id), audience=m["audience"]
+        )
         await self.db.commit()
 
 
 def _replay(stored: IdempotencyKey, digest: str) -> tuple[int, bytes]:
     if stored.request_hash != digest:
-        raise Conflict("Idempotency-Key was already used with a different request body",
-                       extra={"key": "Idempotency-Key"})
+        raise Conflict(
+            "Idempotency-Key was already used with a different request body",
+            extra={"key": "Idempotency-Key"},
+        )
     return stored.status_code, stored.body
 
 

@@ -37,8 +37,13 @@ async def _database(engine: AsyncEngine) -> str | None:
     return None
 
 
-@get("/health", exclude_from_auth=True, tags=["ops"], summary="Liveness of the API and its "
-     "dependencies", responses={503: ResponseSpec(Health, description="A dependency is down")})
+@get(
+    "/health",
+    exclude_from_auth=True,
+    tags=["ops"],
+    summary="Liveness of the API and its dependencies",
+    responses={503: ResponseSpec(Health, description="A dependency is down")},
+)
 async def health(state: State) -> Response[Health]:
     db_error, nats_error = await asyncio.gather(_database(state.engine), state.bus.check())
     for name, error in (("database", db_error), ("nats", nats_error)):
@@ -46,7 +51,8 @@ async def health(state: State) -> Response[Health]:
             log.error("health: %s unavailable: %s", name, error)
     body = Health(
         status="ok" if not (db_error or nats_error) else "unavailable",
-        checks=HealthChecks(database="unavailable" if db_error else "ok",
-                            nats="unavailable" if nats_error else "ok"),
+        checks=HealthChecks(
+            database="unavailable" if db_error else "ok", nats="unavailable" if nats_error else "ok"
+        ),
     )
     return Response(body, status_code=200 if body.status == "ok" else 503)

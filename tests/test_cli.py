@@ -549,6 +549,41 @@ def test_invalid_setting_stops_the_command_with_one_line(
     assert not (tmp_path / "x.db").exists(), "nothing may be done with an invalid setting"
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """Live (non-zombie) processes whose command line mentions `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if text in cmdline and is_running(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_dev_with_invalid_setting_stops_with_one_line_and_no_nats_left(tmp_path: Path) -> None:
+    data_dir = tmp_path / "bad-dev"
+    env = clean_env(NOTIFY_DB_POOL_SIZE="abc")  # no NATS_URL: dev starts nats-server first
+    with started(
+        ["dev", "--port", str(free_port()), "--data-dir", str(data_dir)], env, tmp_path
+    ) as dev:
+        try:
+            rc = dev.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"notify dev kept running with an invalid setting\n{dev.output()}")
+        for t in dev._threads:
+            t.join(timeout=5)
+        assert rc != 0
+        lines = stderr_lines("\n".join(dev.err))
+        assert len(lines) == 1, dev.output()
+        assert "NOTIFY_DB_POOL_SIZE" in lines[0]
+        deadline = time.monotonic() + 5
+        while _processes_mentioning(str(data_dir / "nats")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes_mentioning(str(data_dir / "nats")) == []
+
+
 def _valid_vapid() -> tuple[str, str]:
     return generate_vapid_keys()
 

@@ -10,7 +10,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
-from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from notify.core.auth import Principal, service_or_admin
 from notify.core.errors import Forbidden, Invalid
@@ -130,7 +130,7 @@ class NotificationController(Controller):
         self,
         request: Request[Principal, str, State],
         service: Service,
-        notification_id: UUID,
+        notification_id: FromPath[UUID],
     ) -> NotificationOut:
         return await service.get_visible(request.user, notification_id)
 
@@ -139,7 +139,7 @@ class NotificationController(Controller):
         self,
         request: Request[Principal, str, State],
         service: Service,
-        notification_id: UUID,
+        notification_id: FromPath[UUID],
     ) -> NotificationOut:
         return await service.mark_read(request.user, notification_id)
 
@@ -148,7 +148,7 @@ class NotificationController(Controller):
         self,
         request: Request[Principal, str, State],
         service: Service,
-        notification_id: UUID,
+        notification_id: FromPath[UUID],
     ) -> None:
         await service.remove(request.user, notification_id)
 
@@ -157,7 +157,7 @@ class NotificationController(Controller):
         self,
         request: Request[Principal, str, State],
         service: Service,
-        notification_id: UUID,
+        notification_id: FromPath[UUID],
     ) -> DeliveryList:
         return await service.deliveries(request.user, notification_id)
 

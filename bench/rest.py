@@ -447,11 +447,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def git_commit() -> str | None:
-    command = ["git", "rev-parse", "--short", "HEAD"]
+def git(*command: str) -> str | None:
+    """Output of a git command in the repository, or None when git is unavailable."""
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        done = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
-        return done.stdout.strip() or None
+        done = subprocess.run(
+            ["git", *command], cwd=ROOT, check=True, capture_output=True, text=True
+        )
+        return done.stdout.strip()
     return None
 
 
@@ -516,7 +518,8 @@ def config(args: argparse.Namespace, nats_url: str) -> dict[str, Any]:
         "cpu_server": args.cpu_server,
         "cpu_client": args.cpu_client,
         "nats_url": nats_url,
-        "git_commit": git_commit(),
+        "git_commit": git("rev-parse", "--short", "HEAD") or None,
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "src")),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
     }

@@ -120,6 +120,7 @@ class Server:
             port=self.port,
             log_level="warning",
             lifespan="on",
+            loop="asyncio",  # stdlib loop: a stray cross-thread call cannot crash uvloop
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

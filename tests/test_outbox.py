@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import msgspec
 import nats
@@ -16,7 +17,7 @@ from tests.harness import Server
 API = "/api/v1/notifications"
 
 
-async def fetch_subject(nats_url: str, subject: str, count: int, timeout: float = 10) -> list:
+async def fetch_subject(nats_url: str, subject: str, count: int, wait: float = 10) -> list:
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
@@ -24,16 +25,14 @@ async def fetch_subject(nats_url: str, subject: str, count: int, timeout: float 
             subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, filter_subject=subject)
         )
         msgs: list = []
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + wait
         while len(msgs) < count and asyncio.get_running_loop().time() < deadline:
             try:
                 msgs += await sub.fetch(count - len(msgs), timeout=1)
             except nats.errors.TimeoutError:
                 continue
-        try:  # nothing more than expected
+        with contextlib.suppress(nats.errors.TimeoutError):  # nothing more than expected
             msgs += await sub.fetch(1, timeout=0.5)
-        except nats.errors.TimeoutError:
-            pass
         return msgs
     finally:
         await nc.close()
@@ -85,7 +84,7 @@ async def test_relay_survives_nats_outage_and_dedupes(server, nats_url, tenant) 
         pod.stop()
     subject = bus.user_subject(tenant, "alice")
     # The healthy pod's relay (polling) publishes it.
-    [msg] = await fetch_subject(nats_url, subject, 1, timeout=15)
+    [msg] = await fetch_subject(nats_url, subject, 1, wait=15)
     assert msg.headers["Nats-Msg-Id"] == r.json()["id"]
     # The same message id again (a relay crashed after publishing) is de-duplicated.
     b = Bus(settings)
@@ -94,4 +93,4 @@ async def test_relay_survives_nats_outage_and_dedupes(server, nats_url, tenant) 
         await b.publish(subject, msg.data, msg_id=r.json()["id"])
     finally:
         await b.close()
-    assert len(await fetch_subject(nats_url, subject, 2, timeout=2)) == 1
+    assert len(await fetch_subject(nats_url, subject, 2, wait=2)) == 1

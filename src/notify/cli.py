@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,15 @@ def cmd_vapid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm() -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown; make that unwind our `finally`."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from notify.core import db
     from notify.core.auth import mint_token
@@ -100,6 +110,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         generated["vapid_public_key"], generated["vapid_private_key"] = generate_vapid_keys()
     write_generated(data_dir, generated)
     os.environ.setdefault("DATABASE_URL", f"sqlite:///{data_dir / 'notify.db'}")
+    _exit_on_sigterm()
     nats = None
     if not os.environ.get("NATS_URL"):
         nats = EmbeddedNats(data_dir / "nats")
@@ -124,24 +135,25 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notify", description=__doc__)
     parser.add_argument("--data-dir", help="where `notify dev` keeps its state (NOTIFY_DATA_DIR)")
+    # --data-dir is accepted after the subcommand too.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", dest="data_dir", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    dev = sub.add_parser("dev", help="embedded default: SQLite + nats-server, all in one")
+    dev = sub.add_parser("dev", parents=[common], help="embedded default: SQLite + nats-server")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8003)
-    dev.add_argument("--data-dir", dest="data_dir", default=argparse.SUPPRESS)
     dev.set_defaults(func=cmd_dev)
 
-    serve = sub.add_parser("serve", help="API pod against DATABASE_URL and NATS_URL")
+    serve = sub.add_parser("serve", parents=[common], help="API pod on DATABASE_URL, NATS_URL")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8003)
     serve.set_defaults(func=cmd_serve)
 
-    sub.add_parser("migrate", help="apply migrations to DATABASE_URL").set_defaults(
-        func=cmd_migrate
-    )
+    migrate = sub.add_parser("migrate", parents=[common], help="apply migrations")
+    migrate.set_defaults(func=cmd_migrate)
 
-    tok = sub.add_parser("token", help="print a JWT signed with the configured key")
+    tok = sub.add_parser("token", parents=[common], help="print a JWT signed with the key")
     tok.add_argument("--sub", required=True)
     tok.add_argument("--tenant", required=True)
     tok.add_argument("--role", action="append", choices=["user", "admin", "service"])
@@ -151,9 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     vapid = sub.add_parser("vapid", help="VAPID keys for Web Push")
     vapid_sub = vapid.add_subparsers(dest="vapid_command", required=True)
-    vapid_sub.add_parser("generate", help="print a new key pair as env lines").set_defaults(
-        func=cmd_vapid
-    )
+    generate = vapid_sub.add_parser("generate", help="print a new key pair as env lines")
+    generate.set_defaults(func=cmd_vapid)
     return parser
 
 

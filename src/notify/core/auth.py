@@ -12,7 +12,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from notify.core.config import Settings
+from notify.core.config import Settings, SettingsError
 
 Role = Literal["user", "admin", "service"]
 ROLES: frozenset[str] = frozenset({"user", "admin", "service"})
@@ -105,7 +105,7 @@ def mint_token(
 ) -> str:
     """A token signed with the configured key (JWT_SECRET_KEY: a secret, or a PEM private key)."""
     if not settings.jwt_secret_key:
-        raise TokenError("JWT_SECRET_KEY is not set: cannot sign tokens")
+        raise SettingsError("JWT_SECRET_KEY: not set, so tokens cannot be signed")
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": sub,

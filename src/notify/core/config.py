@@ -156,6 +156,13 @@ def _check(s: Settings) -> None:
     if bool(s.vapid_public_key) != bool(s.vapid_private_key):
         missing = "VAPID_PRIVATE_KEY" if s.vapid_public_key else "VAPID_PUBLIC_KEY"
         raise SettingsError(f"{missing}: must be set together with the other VAPID key")
+    if s.vapid_public_key and s.vapid_private_key:
+        from notify.core.vapid import VapidKeyError, check_vapid_keys
+
+        try:
+            check_vapid_keys(s.vapid_public_key, s.vapid_private_key)
+        except VapidKeyError as exc:
+            raise SettingsError(str(exc)) from None
 
 
 def _check_pem(pem: str) -> None:

@@ -9,7 +9,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import ExceptionHandlersMap
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 log = logging.getLogger("notify.errors")
@@ -51,12 +51,25 @@ def _unavailable(what: str, exc: Exception, request: Request[Any, Any, Any]) -> 
 
 
 def database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, DataError):  # a value the database refuses: the caller's input
+        return Response(
+            {
+                "status_code": 400,
+                "detail": "a value is not acceptable to the "
+                "database (check for invalid characters)",
+                "extra": {},
+            },
+            status_code=400,
+        )
     if (
         isinstance(exc, DBAPIError)
         and not isinstance(exc, OperationalError)
         and not exc.connection_invalidated
     ):
-        raise exc
+        log.exception("database error during %s %s", request.method, request.url.path)
+        return Response(
+            {"status_code": 500, "detail": "Internal Server Error", "extra": {}}, status_code=500
+        )
     return _unavailable("database", exc, request)
 
 
@@ -65,7 +78,15 @@ def connection_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _unavailable("database", exc, request)
 
 
+def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Litestar's error shape, with `extra` always present as the contract promises."""
+    extra = exc.extra if exc.extra is not None else {}
+    body = {"status_code": exc.status_code, "detail": exc.detail, "extra": extra}
+    return Response(body, status_code=exc.status_code, headers=exc.headers)
+
+
 exception_handlers: ExceptionHandlersMap = {
+    HTTPException: http_error,
     OperationalError: database_error,
     DBAPIError: database_error,
     PoolTimeout: database_error,

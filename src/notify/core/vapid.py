@@ -3,9 +3,42 @@
 from __future__ import annotations
 
 import base64
+import binascii
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
+
+
+class VapidKeyError(ValueError):
+    """A VAPID key that is not usable; the message names the setting."""
+
+
+def b64url_decode(value: str) -> bytes:
+    """base64url or base64, padded or not."""
+    value = value.strip().replace("+", "-").replace("/", "_")
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def check_vapid_keys(public: str, private: str) -> None:
+    """The public key is a P-256 point and the private key (raw or PEM) derives it."""
+    try:
+        point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b64url_decode(public))
+    except (ValueError, binascii.Error):
+        raise VapidKeyError("VAPID_PUBLIC_KEY: not a base64url P-256 public key") from None
+    try:
+        if private.lstrip().startswith("-----BEGIN"):
+            key = serialization.load_pem_private_key(private.encode(), password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+        else:
+            raw = b64url_decode(private)
+            if len(raw) != 32:
+                raise ValueError("not 32 bytes")
+            key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+    except (ValueError, TypeError, AssertionError, binascii.Error):
+        raise VapidKeyError("VAPID_PRIVATE_KEY: not a base64url P-256 private key") from None
+    if key.public_key().public_numbers() != point.public_numbers():
+        raise VapidKeyError("VAPID_PRIVATE_KEY: does not match VAPID_PUBLIC_KEY")
 
 
 def _b64url(raw: bytes) -> str:

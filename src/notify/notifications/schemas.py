@@ -18,7 +18,11 @@ PRIORITIES: tuple[str, ...] = ("low", "normal", "high", "urgent")
 DEFAULT_CHANNELS: tuple[Channel, ...] = ("websocket", "in_app")
 METADATA_MAX_BYTES = 16 * 1024
 
-Id = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[^\s]", description="opaque id")]
+# PostgreSQL text cannot hold NUL; reject it up front instead of failing in the database.
+NO_NUL = r"^[^\x00]*$"
+Id = Annotated[
+    str, Meta(min_length=1, max_length=255, pattern=r"^[^\s\x00][^\x00]*$", description="opaque id")
+]
 ChannelName = Annotated[
     str,
     Meta(
@@ -28,10 +32,12 @@ ChannelName = Annotated[
         description="a tenant channel name",
     ),
 ]
-Title = Annotated[str, Meta(min_length=1, max_length=200)]
-Message = Annotated[str, Meta(max_length=4000)]
+Title = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+Message = Annotated[str, Meta(max_length=4000, pattern=NO_NUL)]
 TypeName = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
-ActionUrl = Annotated[str, Meta(max_length=2048, description="a path (/…) or an http(s) URL")]
+ActionUrl = Annotated[
+    str, Meta(max_length=2048, pattern=NO_NUL, description="a path (/…) or an http(s) URL")
+]
 Channels = Annotated[list[Channel], Meta(min_length=1, max_length=5)]
 
 
@@ -52,8 +58,11 @@ class NotificationBody(Struct, kw_only=True, forbid_unknown_fields=True):
             ("/", "https://", "http://")
         ):
             raise ValueError("action_url must be a path starting with / or an http(s) URL")
-        if len(msgspec.json.encode(self.metadata)) > METADATA_MAX_BYTES:
+        encoded = msgspec.json.encode(self.metadata)
+        if len(encoded) > METADATA_MAX_BYTES:
             raise ValueError(f"metadata must encode to at most {METADATA_MAX_BYTES} bytes")
+        if b"\\u0000" in encoded:
+            raise ValueError("metadata must not contain NUL (\\u0000) characters")
 
 
 class NotificationCreate(NotificationBody, kw_only=True, forbid_unknown_fields=True):

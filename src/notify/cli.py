@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
 import signal
@@ -34,7 +33,7 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
     )
-    asyncio.run(uvicorn.Server(config).serve())
+    uvicorn.Server(config).run()  # run() picks uvloop when installed
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

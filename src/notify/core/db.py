@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from advanced_alchemy.base import orm_registry
 from advanced_alchemy.extensions.litestar import (
     AsyncSessionConfig,
@@ -42,13 +43,17 @@ def create_engine(settings: Settings) -> AsyncEngine:
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     else:
-        kwargs.update(
-            pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size, pool_pre_ping=True
-        )
-    engine = create_async_engine(url, **kwargs)
+        kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size)
+    engine = create_async_engine(
+        url, json_serializer=_json_dumps, json_deserializer=msgspec.json.decode, **kwargs
+    )
     if settings.is_sqlite:
         _configure_sqlite(engine)
     return engine
+
+
+def _json_dumps(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

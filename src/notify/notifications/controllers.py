@@ -84,7 +84,7 @@ class NotificationController(Controller):
         if user == p.sub and p.any_tenant and not data.user_id:
             raise Invalid("user_id", "required with a service token for any tenant ('*')")
 
-        async def produce() -> tuple[int, bytes]:
+        def produce() -> tuple[int, bytes]:
             out = service.add(p, data, Target(tenant, user_id=user))
             if user != p.sub:
                 service.audit(p, tenant, "notification.create", str(out.id), user_id=user)
@@ -210,7 +210,7 @@ class BroadcastController(Controller):
         p = request.user
         targets = broadcast_targets(data, resolve_tenant(p, data.tenant_id))
 
-        async def produce() -> tuple[int, bytes]:
+        def produce() -> tuple[int, bytes]:
             ids = [service.add(p, data, t).id for t in targets]
             service.audit(
                 p,

@@ -72,7 +72,8 @@ class OutboxRelay:
             )
             ids = [r.notification_id for r in rows]
             await session.execute(
-                delete(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows]))
+                delete(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])),
+                execution_options={"synchronize_session": False},
             )
             await session.execute(
                 update(NotificationDelivery)
@@ -83,7 +84,8 @@ class OutboxRelay:
                 )
                 .values(
                     status="sent", attempts=NotificationDelivery.attempts + 1, updated_at=utcnow()
-                )
+                ),
+                execution_options={"synchronize_session": False},
             )
         self.published += len(rows)
         return len(rows)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -11,7 +11,7 @@ from uuid import UUID
 import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import delete, literal, select, true, update
+from sqlalchemy import Table, delete, insert, literal, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,6 +19,7 @@ from uuid_utils.compat import uuid7
 
 from notify.core import bus
 from notify.core.auth import Principal
+from notify.core.db import metadata
 from notify.core.errors import Conflict, NotFound
 from notify.core.models import utcnow
 from notify.notifications import queries
@@ -73,6 +74,10 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
 
     repository_type = NotificationRepository
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._staged: dict[Table, list[dict[str, Any]]] = {}
+
     @property
     def db(self) -> AsyncSession:
         session = self.repository.session
@@ -81,102 +86,112 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
 
     # -- creating ---------------------------------------------------------------------------
     def add(self, actor: Principal, body: NotificationBody, target: Target) -> NotificationOut:
-        """Stage a notification with its deliveries and outbox row (committed by the caller)."""
+        """Stage a notification, its deliveries and its outbox row; `idempotent` writes them."""
         now = utcnow()
-        row = Notification(
+        out = NotificationOut(
             id=uuid7(),
             tenant_id=target.tenant_id,
             user_id=target.user_id,
-            audience=target.audience,
-            channel=target.channel,
             title=body.title,
             message=body.message,
             notification_type=body.notification_type,
             priority=body.priority,
             channels=list(body.channels),
             action_url=body.action_url,
-            meta=body.metadata,
-            status="unread",
-            created_by=actor.sub,
-            created_at=now,
-            updated_at=now,
-        )
-        self.db.add(row)
-        out = NotificationOut(
-            id=row.id,
-            tenant_id=row.tenant_id,
-            user_id=row.user_id,
-            title=row.title,
-            message=row.message,
-            notification_type=row.notification_type,
-            priority=body.priority,
-            channels=list(body.channels),
-            action_url=row.action_url,
-            metadata=row.meta,
+            metadata=body.metadata,
             status="unread",
             read_at=None,
             created_at=now,
         )
-        self.db.add_all(self._deliveries(row, body, target, now))
-        self.db.add(
-            OutboxMessage(
-                notification_id=row.id,
-                subject=target.subject,
-                payload=ENCODER.encode(out),
-                created_at=now,
+        self._stage(
+            Notification,
+            {
+                "id": out.id,
+                "tenant_id": out.tenant_id,
+                "user_id": out.user_id,
+                "audience": target.audience,
+                "channel": target.channel,
+                "title": out.title,
+                "message": out.message,
+                "notification_type": out.notification_type,
+                "priority": out.priority,
+                "channels": out.channels,
+                "action_url": out.action_url,
+                "metadata": out.metadata,
+                "status": "unread",
+                "created_by": actor.sub,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        for channel in out.channels:
+            status, error = _initial_delivery(channel, target)
+            self._stage(
+                NotificationDelivery,
+                {
+                    "id": uuid7(),
+                    "notification_id": out.id,
+                    "tenant_id": out.tenant_id,
+                    "user_id": out.user_id,
+                    "channel": channel,
+                    "status": status,
+                    "last_error": error,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             )
+        self._stage(
+            OutboxMessage,
+            {
+                "notification_id": out.id,
+                "subject": target.subject,
+                "payload": ENCODER.encode(out),
+                "created_at": now,
+            },
         )
         return out
-
-    def _deliveries(
-        self, row: Notification, body: NotificationBody, target: Target, now: Any
-    ) -> list[NotificationDelivery]:
-        rows = []
-        for channel in body.channels:
-            status, error = "pending", None
-            if channel == "in_app":
-                status = "sent" if target.audience != "channel" else "skipped"
-                error = None if status == "sent" else "channel notifications are not in inboxes"
-            elif channel in EXTERNAL_CHANNELS:
-                status, error = "skipped", f"{channel} delivery is not configured on this server"
-            rows.append(
-                NotificationDelivery(
-                    notification_id=row.id,
-                    tenant_id=row.tenant_id,
-                    user_id=row.user_id,
-                    channel=channel,
-                    status=status,
-                    last_error=error,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-        return rows
 
     def audit(
         self, actor: Principal, tenant_id: str, action: str, resource_id: str | None, **details: Any
     ) -> None:
-        self.db.add(
-            AuditEntry(
-                tenant_id=tenant_id,
-                actor=actor.sub,
-                action=action,
-                resource_type="notification",
-                resource_id=resource_id,
-                details=details,
-            )
+        now = utcnow()
+        self._stage(
+            AuditEntry,
+            {
+                "id": uuid7(),
+                "tenant_id": tenant_id,
+                "actor": actor.sub,
+                "action": action,
+                "resource_type": "notification",
+                "resource_id": resource_id,
+                "details": details,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
+
+    def _stage(self, model: Any, row: dict[str, Any]) -> None:
+        self._staged.setdefault(model.__table__, []).append(row)
+
+    async def _write_staged(self) -> None:
+        """One multi-row INSERT per table, parents first (the ORM's unit of work costs more)."""
+        staged, self._staged = self._staged, {}
+        for table in metadata.sorted_tables:
+            if rows := staged.get(table):
+                await self.db.execute(insert(table), rows)
 
     async def idempotent(
         self,
         actor: Principal,
         key: str | None,
         request: bytes,
-        produce: Callable[[], Awaitable[tuple[int, bytes]]],
+        produce: Callable[[], tuple[int, bytes]],
     ) -> tuple[int, bytes]:
-        """Run `produce` and commit once per key; a repeat replays the stored answer."""
+        """Stage with `produce`, write and commit once per key; a repeat replays the answer."""
         if key is None:
-            answer = await produce()
+            answer = produce()
+            await self._write_staged()
             await self.db.commit()
             return answer
         digest = hashlib.sha256(request).hexdigest()
@@ -186,18 +201,21 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
                 return _replay(stored, digest)
             finally:
                 await self.db.rollback()
-        status, body = await produce()
-        self.db.add(
-            IdempotencyKey(
-                tenant_id=actor.tenant_id,
-                principal=actor.sub,
-                key=key,
-                request_hash=digest,
-                status_code=status,
-                body=body,
-            )
+        status, body = produce()
+        self._stage(
+            IdempotencyKey,
+            {
+                "tenant_id": actor.tenant_id,
+                "principal": actor.sub,
+                "key": key,
+                "request_hash": digest,
+                "status_code": status,
+                "body": body,
+                "created_at": utcnow(),
+            },
         )
         try:
+            await self._write_staged()
             await self.db.commit()
         except IntegrityError:
             # A concurrent request with the same key committed first: answer as it did.
@@ -213,14 +231,14 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         self, p: Principal, f: queries.InboxFilter, limit: int, cursor: str | None
     ) -> NotificationPage:
         after = queries.decode_cursor(cursor) if cursor else None
-        rows = (await self.db.execute(queries.inbox_page(p, f, after, limit + 1))).all()
+        rows = (await self.db.execute(*queries.inbox_page(p, f, after, limit + 1))).all()
         items = [queries.to_out(r) for r in rows[:limit]]
         more = len(rows) > limit
         next_cursor = queries.encode_cursor(items[-1].created_at, items[-1].id) if more else None
         return NotificationPage(items=items, next_cursor=next_cursor)
 
     async def _visible(self, p: Principal, notification_id: UUID) -> Any:
-        row = (await self.db.execute(queries.visible_item(p, notification_id))).first()
+        row = (await self.db.execute(*queries.visible_item(p, notification_id))).first()
         if row is None or row._mapping["my_deleted_at"] is not None:
             raise NotFound("notification not found")
         return row
@@ -229,7 +247,7 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         return queries.to_out(await self._visible(p, notification_id))
 
     async def unread_count(self, p: Principal) -> int:
-        return int((await self.db.execute(queries.unread_count(p))).scalar_one())
+        return int((await self.db.execute(*queries.unread_count(p))).scalar_one())
 
     async def deliveries(self, p: Principal, notification_id: UUID) -> DeliveryList:
         await self._visible(p, notification_id)
@@ -325,6 +343,18 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
             p, m["tenant_id"], "notification.delete", str(notification_id), audience=m["audience"]
         )
         await self.db.commit()
+
+
+def _initial_delivery(channel: str, target: Target) -> tuple[str, str | None]:
+    """A delivery's first state: in-app is delivered by being stored; websocket waits for
+    the bus; channels without a sender here are skipped, never left pending."""
+    if channel == "in_app":
+        if target.audience == "channel":
+            return "skipped", "channel notifications are not in inboxes"
+        return "sent", None
+    if channel in EXTERNAL_CHANNELS:
+        return "skipped", f"{channel} delivery is not configured on this server"
+    return "pending", None
 
 
 def _replay(stored: IdempotencyKey, digest: str) -> tuple[int, bytes]:

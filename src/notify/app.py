@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[NotificationController, BroadcastController, health, docs],
         state=State({"settings": settings, "engine": engine, "bus": bus, "outbox": relay}),
-        plugins=[SQLAlchemyPlugin(config=db.sqlalchemy_config(settings, engine))],
+        plugins=[SQLAlchemyPlugin(config=db.sqlalchemy_config(engine))],
         middleware=[DefineMiddleware(JWTMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=exception_handlers,
         lifespan=[lifespan],

@@ -10,7 +10,6 @@ import msgspec
 from advanced_alchemy.base import orm_registry
 from advanced_alchemy.extensions.litestar import (
     AsyncSessionConfig,
-    EngineConfig,
     SQLAlchemyAsyncConfig,
 )
 from alembic import command
@@ -74,14 +73,13 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def sqlalchemy_config(settings: Settings, engine: AsyncEngine) -> SQLAlchemyAsyncConfig:
+def sqlalchemy_config(engine: AsyncEngine) -> SQLAlchemyAsyncConfig:
     """The advanced-alchemy plugin config; services commit explicitly (201 after commit)."""
     return SQLAlchemyAsyncConfig(
         engine_instance=engine,
         session_config=AsyncSessionConfig(expire_on_commit=False),
         session_dependency_key="db_session",
         create_all=False,
-        engine_config=EngineConfig(),
     )
 
 

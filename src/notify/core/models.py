@@ -23,4 +23,4 @@ class TimestampedUUID(UUIDv7Base):
     )
 
 
-__all__ = ["BigIntBase", "DefaultBase", "TimestampedUUID", "UUIDv7Base", "utcnow"]
+__all__ = ["BigIntBase", "DefaultBase", "TimestampedUUID", "utcnow"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 from uuid import UUID
 
@@ -19,6 +20,7 @@ from notify.notifications.schemas import (
     BroadcastCreate,
     BroadcastResult,
     DeliveryList,
+    NotificationBody,
     NotificationCreate,
     NotificationOut,
     NotificationPage,
@@ -54,7 +56,17 @@ def resolve_tenant(p: Principal, requested: str | None) -> str:
     return p.tenant_id
 
 
-def _json(status: int, body: bytes) -> Response[bytes]:
+async def _accept(
+    request: Request[Principal, str, State],
+    service: NotificationService,
+    idempotency_key: str | None,
+    data: NotificationBody,
+    produce: Callable[[], tuple[int, bytes]],
+) -> Response[bytes]:
+    """Commit what `produce` staged (once per Idempotency-Key), then wake the outbox relay."""
+    request_id = request.url.path.encode() + ENCODER.encode(data)
+    status, body = await service.idempotent(request.user, idempotency_key, request_id, produce)
+    request.app.state.outbox.wake()
     return Response(content=body, status_code=status, media_type="application/json")
 
 
@@ -90,11 +102,7 @@ class NotificationController(Controller):
                 service.audit(p, tenant, "notification.create", str(out.id), user_id=user)
             return 201, ENCODER.encode(out)
 
-        status, body = await service.idempotent(
-            p, idempotency_key, request.url.path.encode() + ENCODER.encode(data), produce
-        )
-        request.app.state.outbox.wake()
-        return _json(status, body)
+        return await _accept(request, service, idempotency_key, data, produce)
 
     @get("/", summary="List the caller's inbox, newest first")
     async def list_inbox(
@@ -222,8 +230,4 @@ class BroadcastController(Controller):
             )
             return 202, ENCODER.encode(BroadcastResult(ids))
 
-        status, body = await service.idempotent(
-            p, idempotency_key, request.url.path.encode() + ENCODER.encode(data), produce
-        )
-        request.app.state.outbox.wake()
-        return _json(status, body)
+        return await _accept(request, service, idempotency_key, data, produce)

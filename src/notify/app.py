@@ -22,6 +22,7 @@ from notify.core.bus import Bus
 from notify.core.config import Settings, load_settings
 from notify.core.errors import exception_handlers
 from notify.notifications.controllers import BroadcastController, NotificationController
+from notify.notifications.ingest import IngestConsumer
 from notify.notifications.outbox import OutboxRelay
 from notify.ops.docs import docs
 from notify.ops.health import health
@@ -45,15 +46,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     engine = db.create_engine(settings)
     bus = Bus(settings)
     relay = OutboxRelay(engine, bus)
+    ingest = IngestConsumer(settings, engine, bus, relay)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await bus.start()
         relay.start()
         relay.wake()  # publish whatever an earlier run left in the outbox
+        ingest.start()
         try:
             yield
         finally:
+            await ingest.stop()
             await relay.stop()
             await bus.close()
             await engine.dispose()

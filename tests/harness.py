@@ -21,6 +21,7 @@ from notify.app import create_app
 from notify.core import db
 from notify.core.config import Settings, load_settings
 from notify.core.embedded import EmbeddedNats, free_port
+from notify.server import build_server
 
 PG_ADMIN_DSN = os.environ.get("NOTIFY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -114,15 +115,10 @@ class Server:
     def start(self, migrate: bool = True) -> Server:
         if migrate:
             db.upgrade(self.settings)
-        config = uvicorn.Config(
-            create_app(self.settings),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-            loop="asyncio",  # stdlib loop: a stray cross-thread call cannot crash uvloop
+        # stdlib loop: a stray cross-thread call cannot crash uvloop internals
+        self._server = build_server(
+            create_app(self.settings), self.settings, "127.0.0.1", self.port, loop="asyncio"
         )
-        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 20

@@ -14,6 +14,7 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 import notify
 from notify.core import db
@@ -21,6 +22,10 @@ from notify.core.auth import JWTMiddleware
 from notify.core.bus import Bus
 from notify.core.config import Settings, load_settings
 from notify.core.errors import exception_handlers
+from notify.hub.dispatch import Dispatcher
+from notify.hub.hub import Hub
+from notify.hub.listener import notify_socket, ws_status
+from notify.hub.presence import Presence
 from notify.notifications.controllers import BroadcastController, NotificationController
 from notify.notifications.ingest import IngestConsumer
 from notify.notifications.outbox import OutboxRelay
@@ -47,6 +52,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     bus = Bus(settings)
     relay = OutboxRelay(engine, bus)
     ingest = IngestConsumer(settings, engine, bus, relay)
+    hub = Hub(settings.ws_max_per_user)
+    dispatcher = Dispatcher(bus, hub)
+    presence = Presence(engine, settings.pod_id)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -54,17 +62,39 @@ def create_app(settings: Settings | None = None) -> Litestar:
         relay.start()
         relay.wake()  # publish whatever an earlier run left in the outbox
         ingest.start()
+        dispatcher.start()
+        presence.start()
         try:
             yield
         finally:
+            await hub.close_all(1001, "server going away")
+            await presence.stop()
+            await dispatcher.stop()
             await ingest.stop()
             await relay.stop()
             await bus.close()
             await engine.dispose()
 
     return Litestar(
-        route_handlers=[NotificationController, BroadcastController, health, docs],
-        state=State({"settings": settings, "engine": engine, "bus": bus, "outbox": relay}),
+        route_handlers=[
+            NotificationController,
+            BroadcastController,
+            health,
+            docs,
+            notify_socket,
+            ws_status,
+        ],
+        state=State(
+            {
+                "settings": settings,
+                "engine": engine,
+                "bus": bus,
+                "outbox": relay,
+                "hub": hub,
+                "presence": presence,
+                "sessions": async_sessionmaker(engine, expire_on_commit=False),
+            }
+        ),
         plugins=[SQLAlchemyPlugin(config=db.sqlalchemy_config(engine))],
         middleware=[DefineMiddleware(JWTMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=exception_handlers,

@@ -21,19 +21,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(settings: Settings, host: str, port: int) -> None:
-    import uvicorn
-
     from notify.app import create_app
+    from notify.server import build_server
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=host,
-        port=port,
-        lifespan="on",
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=10,
-    )
-    uvicorn.Server(config).run()  # run() picks uvloop when installed
+    build_server(create_app(settings), settings, host, port).run()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -30,6 +30,29 @@ def token(value: str) -> str:
     return "=" + base64.b32encode(value.encode()).decode().rstrip("=").lower()
 
 
+def untoken(value: str) -> str:
+    """The id a subject token stands for (inverse of `token`)."""
+    if not value.startswith("="):
+        return value
+    raw = value[1:].upper()
+    return base64.b32decode(raw + "=" * (-len(raw) % 8)).decode()
+
+
+def parse_subject(subject: str) -> tuple[str, str, str | None]:
+    """notify.<tenant>.user.<u> | notify.<tenant>.all | notify.<tenant>.channel.<c> →
+    (tenant, kind, name)."""
+    parts = subject.split(".")
+    tenant = untoken(parts[1])
+    if parts[2] == "all":
+        return tenant, "tenant", None
+    return tenant, parts[2], untoken(parts[3])
+
+
+def events_subject(tenant_id: str, user_id: str) -> str:
+    """Unnumbered per-user events (read receipts): core NATS, outside the stream."""
+    return f"notify-events.{token(tenant_id)}.{token(user_id)}"
+
+
 def user_subject(tenant_id: str, user_id: str) -> str:
     return f"notify.{token(tenant_id)}.user.{token(user_id)}"
 

@@ -36,6 +36,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_retention_days: float = 7.0  # NOTIFY_STREAM_RETENTION_DAYS (replay window)
     retention_days: int = 90  # NOTIFY_RETENTION_DAYS (stored notifications)
     pod_id: str = ""  # NOTIFY_POD_ID; default <hostname>-<pid>
+    ws_max_per_user: int = 10  # NOTIFY_WS_MAX_SOCKETS_PER_USER (the oldest is closed, 4008)
+    ws_send_queue: int = 1000  # NOTIFY_WS_SEND_QUEUE frames behind → closed 1008
+    ws_max_frame: int = 65536  # NOTIFY_WS_MAX_FRAME bytes from a client → closed 1009
+    ws_ping_interval: float = 20.0  # NOTIFY_WS_PING_INTERVAL seconds (dead peers dropped)
+    ws_rate: float = 20.0  # NOTIFY_WS_RATE client messages per second (burst twice that)
+    ws_replay_limit: int = 10000  # NOTIFY_WS_REPLAY_LIMIT most messages replayed at once
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -88,6 +94,12 @@ ENV_FIELDS: dict[str, str] = {
     "NOTIFY_STREAM_RETENTION_DAYS": "stream_retention_days",
     "NOTIFY_RETENTION_DAYS": "retention_days",
     "NOTIFY_POD_ID": "pod_id",
+    "NOTIFY_WS_MAX_SOCKETS_PER_USER": "ws_max_per_user",
+    "NOTIFY_WS_SEND_QUEUE": "ws_send_queue",
+    "NOTIFY_WS_MAX_FRAME": "ws_max_frame",
+    "NOTIFY_WS_PING_INTERVAL": "ws_ping_interval",
+    "NOTIFY_WS_RATE": "ws_rate",
+    "NOTIFY_WS_REPLAY_LIMIT": "ws_replay_limit",
 }
 FIELD_ENVS = {field: env for env, field in ENV_FIELDS.items()}
 # Values `notify dev` generates into <data_dir>/secrets.json; the environment wins over them.
@@ -149,6 +161,12 @@ def _check(s: Settings) -> None:
         raise SettingsError("NOTIFY_DB_POOL_SIZE: must be at least 1")
     if s.stream_retention_days <= 0:
         raise SettingsError("NOTIFY_STREAM_RETENTION_DAYS: must be positive")
+    for name in ("ws_max_per_user", "ws_send_queue", "ws_max_frame", "ws_replay_limit"):
+        if getattr(s, name) < 1:
+            raise SettingsError(f"{FIELD_ENVS[name]}: must be at least 1")
+    if s.ws_rate <= 0 or s.ws_ping_interval <= 0:
+        name = "ws_rate" if s.ws_rate <= 0 else "ws_ping_interval"
+        raise SettingsError(f"{FIELD_ENVS[name]}: must be positive")
     if s.retention_days < 1:
         raise SettingsError("NOTIFY_RETENTION_DAYS: must be at least 1")
     if s.jwt_algorithm != "HS256" and s.jwt_public_key:

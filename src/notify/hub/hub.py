@@ -1,0 +1,172 @@
+"""The hub: owns this pod's sockets and indexes them by user, tenant and channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from notify.core.auth import Principal
+
+log = logging.getLogger("notify.hub")
+
+Send = Callable[[bytes], Awaitable[None]]
+Close = Callable[[int, str], Awaitable[None]]
+UserKey = tuple[str, str]
+ChannelKey = tuple[str, str]
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    """One socket: a bounded queue of pre-encoded frames drained by its own writer task."""
+
+    id: str
+    principal: Principal
+    send: Send
+    close: Close
+    queue_limit: int
+    channels: set[str] = field(default_factory=set)
+    last_seq: int = 0
+    # While replaying, live frames wait here so replay and live join without a gap.
+    held: list[tuple[int, bytes]] | None = None
+    queue: deque[bytes] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: bool = False
+    sent: int = 0
+
+    @property
+    def user_key(self) -> UserKey:
+        return (self.principal.tenant_id, self.principal.sub)
+
+    def push(self, frame: bytes) -> None:
+        """Queue a frame; a reader that falls `queue_limit` frames behind is dropped (1008)."""
+        if self.closing:
+            return
+        if len(self.queue) >= self.queue_limit:
+            self.drop(1008, "slow consumer")
+            return
+        self.queue.append(frame)
+        self.ready.set()
+
+    def push_seq(self, seq: int, frame: bytes) -> None:
+        """A numbered notification: held during replay, and never sent twice or out of order."""
+        if self.held is not None:
+            self.held.append((seq, frame))
+        elif seq > self.last_seq:
+            self.last_seq = seq
+            self.push(frame)
+
+    def drop(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            self.queue.clear()
+            self.ready.set()
+            asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.close(code, reason)
+
+    async def writer(self) -> None:
+        """Drains the queue; a slow socket only ever delays itself."""
+        while not self.closing:
+            await self.ready.wait()
+            self.ready.clear()
+            while self.queue and not self.closing:
+                await self.send(self.queue.popleft())
+                self.sent += 1
+
+
+class Hub:
+    """user → sockets, tenant → sockets, (tenant, channel) → sockets, for this pod only."""
+
+    def __init__(self, max_per_user: int) -> None:
+        self.max_per_user = max_per_user
+        self.connections: dict[str, Connection] = {}
+        self.by_user: dict[UserKey, dict[str, Connection]] = {}
+        self.by_tenant: dict[str, set[Connection]] = {}
+        self.by_channel: dict[ChannelKey, set[Connection]] = {}
+        self.messages_in = 0
+        self.messages_out = 0
+
+    def add(self, conn: Connection) -> None:
+        """Register; beyond the per-user limit the user's oldest socket is replaced (4008)."""
+        self.connections[conn.id] = conn
+        sockets = self.by_user.setdefault(conn.user_key, {})
+        sockets[conn.id] = conn  # dicts keep insertion order: the first is the oldest
+        while len(sockets) > self.max_per_user:
+            oldest = next(iter(sockets.values()))
+            self.remove(oldest)
+            oldest.drop(4008, "replaced: too many sockets for this user")
+        self.by_tenant.setdefault(conn.principal.tenant_id, set()).add(conn)
+
+    def remove(self, conn: Connection) -> None:
+        if self.connections.pop(conn.id, None) is None:
+            return
+        tenant = conn.principal.tenant_id
+        _discard(self.by_user, conn.user_key, conn)
+        _discard(self.by_tenant, tenant, conn)
+        for channel in conn.channels:
+            _discard(self.by_channel, (tenant, channel), conn)
+
+    def join(self, conn: Connection, channel: str) -> None:
+        conn.channels.add(channel)
+        self.by_channel.setdefault((conn.principal.tenant_id, channel), set()).add(conn)
+
+    def leave(self, conn: Connection, channel: str) -> None:
+        conn.channels.discard(channel)
+        _discard(self.by_channel, (conn.principal.tenant_id, channel), conn)
+
+    def targets(self, tenant: str, kind: str, name: str | None) -> list[Connection]:
+        if kind == "user" and name is not None:
+            return list(self.by_user.get((tenant, name), {}).values())
+        if kind == "channel" and name is not None:
+            return list(self.by_channel.get((tenant, name), ()))
+        return list(self.by_tenant.get(tenant, ()))
+
+    def deliver(self, tenant: str, kind: str, name: str | None, seq: int, frame: bytes) -> int:
+        """Queue one pre-encoded notification on every addressed socket of this pod."""
+        self.messages_in += 1
+        targets = self.targets(tenant, kind, name)
+        for conn in targets:
+            conn.push_seq(seq, frame)
+        self.messages_out += len(targets)
+        return len(targets)
+
+    def broadcast_user(self, tenant: str, user: str, frame: bytes) -> None:
+        """An unnumbered event (a read receipt) to all of one user's sockets."""
+        for conn in self.targets(tenant, "user", user):
+            conn.push(frame)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "connections": len(self.connections),
+            "users": len(self.by_user),
+            "tenants": len(self.by_tenant),
+            "channel_subscriptions": sum(len(s) for s in self.by_channel.values()),
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+        }
+
+    async def close_all(self, code: int, reason: str) -> None:
+        """Close every socket (SIGTERM: 1001, so clients resume on another pod)."""
+        conns = list(self.connections.values())
+        for conn in conns:
+            self.remove(conn)
+            conn.closing = True
+        await asyncio.gather(*(conn.close(code, reason) for conn in conns), return_exceptions=True)
+
+
+def _discard(index: dict, key: object, conn: Connection) -> None:  # type: ignore[type-arg]
+    members = index.get(key)
+    if members is None:
+        return
+    if isinstance(members, dict):
+        members.pop(conn.id, None)
+    else:
+        members.discard(conn)
+    if not members:
+        del index[key]

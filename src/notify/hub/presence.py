@@ -1,0 +1,123 @@
+"""Keeps `websocket_connections` true: batched writes, a heartbeat, and dead pods' rows removed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from typing import Any, cast
+from uuid import UUID
+
+from sqlalchemy import Table, delete, insert, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from notify.core.models import utcnow
+from notify.hub.hub import Connection
+from notify.hub.models import WebSocketConnection
+
+log = logging.getLogger("notify.hub.presence")
+T = cast(Table, WebSocketConnection.__table__)
+
+
+class Presence:
+    """Connects and disconnects are written in batches, off the socket's path."""
+
+    def __init__(self, engine: AsyncEngine, pod_id: str, heartbeat: float = 10.0) -> None:
+        self._engine = engine
+        self._pod = pod_id
+        self._heartbeat = heartbeat
+        self._added: dict[UUID, dict[str, Any]] = {}
+        self._removed: set[UUID] = set()
+        self._changed: dict[UUID, list[str]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def connected(self, conn: Connection) -> None:
+        now = utcnow()
+        p = conn.principal
+        self._added[UUID(conn.id)] = {
+            "id": UUID(conn.id),
+            "tenant_id": p.tenant_id,
+            "user_id": p.sub,
+            "pod_id": self._pod,
+            "channels": sorted(conn.channels),
+            "last_seen_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        self._wake.set()
+
+    def channels_changed(self, conn: Connection) -> None:
+        key = UUID(conn.id)
+        if key in self._added:
+            self._added[key]["channels"] = sorted(conn.channels)
+        else:
+            self._changed[key] = sorted(conn.channels)
+        self._wake.set()
+
+    def disconnected(self, conn: Connection) -> None:
+        key = UUID(conn.id)
+        self._changed.pop(key, None)
+        if self._added.pop(key, None) is None:  # never written: nothing to delete
+            self._removed.add(key)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="hub-presence")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+            self._wake.clear()
+            try:
+                await self.flush()
+                if loop.time() >= next_beat:
+                    await self._beat()
+                    next_beat = loop.time() + self._heartbeat
+            except Exception as exc:  # the database may be down: keep the batch, retry
+                log.warning("presence: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                await asyncio.sleep(1)
+
+    async def flush(self) -> None:
+        added, removed, changed = self._added, self._removed, self._changed
+        if not (added or removed or changed):
+            return
+        self._added, self._removed, self._changed = {}, set(), {}
+        try:
+            async with self._engine.begin() as conn:
+                if added:
+                    await conn.execute(insert(T), list(added.values()))
+                if removed:
+                    await conn.execute(delete(T).where(T.c.id.in_(removed)))
+                for key, channels in changed.items():
+                    await conn.execute(update(T).where(T.c.id == key).values(channels=channels))
+        except Exception:
+            self._added = added | self._added
+            self._removed |= removed
+            self._changed = changed | self._changed
+            raise
+
+    async def _beat(self) -> None:
+        """Refresh our rows; remove rows of pods that stopped refreshing (crashed)."""
+        now = utcnow()
+        stale = now - dt.timedelta(seconds=self._heartbeat * 3)
+        async with self._engine.begin() as conn:
+            await conn.execute(update(T).where(T.c.pod_id == self._pod).values(last_seen_at=now))
+            gone = await conn.execute(
+                delete(T).where(T.c.pod_id != self._pod, T.c.last_seen_at < stale)
+            )
+        if gone.rowcount:
+            log.info("presence: removed %d sockets of pods that stopped", gone.rowcount)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(T).where(T.c.pod_id == self._pod))

@@ -9,6 +9,7 @@ import uvicorn
 from litestar import Litestar
 
 from notify.core.config import Settings
+from notify.hub.transport import NotifyWebSocketProtocol
 
 
 class NotifyServer(uvicorn.Server):
@@ -47,6 +48,8 @@ def build_server(
         loop=loop,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        ws=NotifyWebSocketProtocol,
+        ws_per_message_deflate=False,  # deflate state: ~KiBs/socket
         ws_max_size=settings.ws_max_frame,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_interval,

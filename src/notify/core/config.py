@@ -37,7 +37,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retention_days: int = 90  # NOTIFY_RETENTION_DAYS (stored notifications)
     pod_id: str = ""  # NOTIFY_POD_ID; default <hostname>-<pid>
     ws_max_per_user: int = 10  # NOTIFY_WS_MAX_SOCKETS_PER_USER (the oldest is closed, 4008)
-    ws_send_queue: int = 1000  # NOTIFY_WS_SEND_QUEUE frames behind → closed 1008
+    ws_send_buffer: int = 1 << 20  # NOTIFY_WS_SEND_BUFFER bytes unsent → closed 1008 (slow)
     ws_max_frame: int = 65536  # NOTIFY_WS_MAX_FRAME bytes from a client → closed 1009
     ws_ping_interval: float = 20.0  # NOTIFY_WS_PING_INTERVAL seconds (dead peers dropped)
     ws_rate: float = 20.0  # NOTIFY_WS_RATE client messages per second (burst twice that)
@@ -95,7 +95,7 @@ ENV_FIELDS: dict[str, str] = {
     "NOTIFY_RETENTION_DAYS": "retention_days",
     "NOTIFY_POD_ID": "pod_id",
     "NOTIFY_WS_MAX_SOCKETS_PER_USER": "ws_max_per_user",
-    "NOTIFY_WS_SEND_QUEUE": "ws_send_queue",
+    "NOTIFY_WS_SEND_BUFFER": "ws_send_buffer",
     "NOTIFY_WS_MAX_FRAME": "ws_max_frame",
     "NOTIFY_WS_PING_INTERVAL": "ws_ping_interval",
     "NOTIFY_WS_RATE": "ws_rate",
@@ -161,7 +161,7 @@ def _check(s: Settings) -> None:
         raise SettingsError("NOTIFY_DB_POOL_SIZE: must be at least 1")
     if s.stream_retention_days <= 0:
         raise SettingsError("NOTIFY_STREAM_RETENTION_DAYS: must be positive")
-    for name in ("ws_max_per_user", "ws_send_queue", "ws_max_frame", "ws_replay_limit"):
+    for name in ("ws_max_per_user", "ws_send_buffer", "ws_max_frame", "ws_replay_limit"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{FIELD_ENVS[name]}: must be at least 1")
     if s.ws_rate <= 0 or s.ws_ping_interval <= 0:

@@ -14,7 +14,7 @@ from nats.js.api import DeliverPolicy
 from notify.core import bus as subjects
 from notify.core.bus import STREAM, Bus
 from notify.hub.hub import Hub
-from notify.hub.protocol import notification_frame
+from notify.hub.protocol import Frame, notification_frame
 
 log = logging.getLogger("notify.hub.dispatch")
 
@@ -24,7 +24,7 @@ def iso(ts: dt.datetime | None) -> str:
     return ts.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def frame_of(msg: Msg) -> tuple[int, bytes]:
+def frame_of(msg: Msg) -> tuple[int, Frame]:
     meta = msg.metadata
     return meta.sequence.stream, notification_frame(
         meta.sequence.stream, msg.data, iso(meta.timestamp)
@@ -69,7 +69,7 @@ class Dispatcher:
 
     async def _on_event(self, msg: Msg) -> None:
         _, tenant, user = msg.subject.split(".", 2)
-        self._hub.broadcast_user(subjects.untoken(tenant), subjects.untoken(user), msg.data)
+        self._hub.broadcast_user(subjects.untoken(tenant), subjects.untoken(user), Frame(msg.data))
 
     async def stop(self) -> None:
         if self._task is not None:

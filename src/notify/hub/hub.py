@@ -10,10 +10,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from notify.core.auth import Principal
+from notify.hub.protocol import Frame
+from notify.hub.transport import RawSocket
 
 log = logging.getLogger("notify.hub")
 
-Send = Callable[[bytes], Awaitable[None]]
+Send = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
 UserKey = tuple[str, str]
 ChannelKey = tuple[str, str]
@@ -21,37 +23,48 @@ ChannelKey = tuple[str, str]
 
 @dataclass(eq=False, slots=True)
 class Connection:
-    """One socket: a bounded queue of pre-encoded frames drained by its own writer task."""
+    """One socket. Frames go straight to its transport (`raw`) when the server offers it,
+    else through a queue drained by a writer task. A reader more than `buffer_limit` bytes
+    behind is a slow consumer: dropped with 1008, never slowing anyone else."""
 
     id: str
     principal: Principal
-    send: Send
     close: Close
-    queue_limit: int
+    buffer_limit: int
+    raw: RawSocket | None = None
+    send: Send | None = None
     channels: set[str] = field(default_factory=set)
     last_seq: int = 0
     # While replaying, live frames wait here so replay and live join without a gap.
-    held: list[tuple[int, bytes]] | None = None
-    queue: deque[bytes] = field(default_factory=deque)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    held: list[tuple[int, Frame]] | None = None
+    queue: deque[Frame] = field(default_factory=deque)
+    queued_bytes: int = 0
+    ready: asyncio.Event | None = None
     closing: bool = False
-    sent: int = 0
 
     @property
     def user_key(self) -> UserKey:
         return (self.principal.tenant_id, self.principal.sub)
 
-    def push(self, frame: bytes) -> None:
-        """Queue a frame; a reader that falls `queue_limit` frames behind is dropped (1008)."""
+    def push(self, frame: Frame) -> None:
         if self.closing:
             return
-        if len(self.queue) >= self.queue_limit:
+        raw = self.raw
+        if raw is not None:
+            if raw.buffered() > self.buffer_limit:
+                self.drop(1008, "slow consumer")
+            else:
+                raw.write(frame.wire)
+            return
+        if self.queued_bytes > self.buffer_limit:
             self.drop(1008, "slow consumer")
             return
         self.queue.append(frame)
-        self.ready.set()
+        self.queued_bytes += len(frame.data)
+        if self.ready is not None:
+            self.ready.set()
 
-    def push_seq(self, seq: int, frame: bytes) -> None:
+    def push_seq(self, seq: int, frame: Frame) -> None:
         """A numbered notification: held during replay, and never sent twice or out of order."""
         if self.held is not None:
             self.held.append((seq, frame))
@@ -63,7 +76,8 @@ class Connection:
         if not self.closing:
             self.closing = True
             self.queue.clear()
-            self.ready.set()
+            if self.ready is not None:
+                self.ready.set()
             asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
@@ -71,13 +85,16 @@ class Connection:
             await self.close(code, reason)
 
     async def writer(self) -> None:
-        """Drains the queue; a slow socket only ever delays itself."""
+        """The queued path (servers without the raw writer): one task drains the queue."""
+        assert self.send is not None
+        self.ready = ready = asyncio.Event()
         while not self.closing:
-            await self.ready.wait()
-            self.ready.clear()
+            await ready.wait()
+            ready.clear()
             while self.queue and not self.closing:
-                await self.send(self.queue.popleft())
-                self.sent += 1
+                frame = self.queue.popleft()
+                self.queued_bytes -= len(frame.data)
+                await self.send(frame.text)
 
 
 class Hub:
@@ -127,7 +144,7 @@ class Hub:
             return list(self.by_channel.get((tenant, name), ()))
         return list(self.by_tenant.get(tenant, ()))
 
-    def deliver(self, tenant: str, kind: str, name: str | None, seq: int, frame: bytes) -> int:
+    def deliver(self, tenant: str, kind: str, name: str | None, seq: int, frame: Frame) -> int:
         """Queue one pre-encoded notification on every addressed socket of this pod."""
         self.messages_in += 1
         targets = self.targets(tenant, kind, name)
@@ -136,7 +153,7 @@ class Hub:
         self.messages_out += len(targets)
         return len(targets)
 
-    def broadcast_user(self, tenant: str, user: str, frame: bytes) -> None:
+    def broadcast_user(self, tenant: str, user: str, frame: Frame) -> None:
         """An unnumbered event (a read receipt) to all of one user's sockets."""
         for conn in self.targets(tenant, "user", user):
             conn.push(frame)

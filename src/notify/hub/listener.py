@@ -25,6 +25,7 @@ from notify.hub import protocol as proto
 from notify.hub.hub import Connection, Hub
 from notify.hub.presence import Presence
 from notify.hub.replay import ReplayUnavailable, missed
+from notify.hub.transport import RAW_EXTENSION, RawSocket
 from notify.notifications.service import NotificationService
 
 log = logging.getLogger("notify.hub.listener")
@@ -191,7 +192,7 @@ async def publish_read(bus: Bus, p: Principal, notification_id: str, read_at: An
         return
     frame = proto.read_event(notification_id, read_at.isoformat().replace("+00:00", "Z"))
     with contextlib.suppress(Exception):
-        await bus.nc.publish(events_subject(p.tenant_id, p.sub), frame)
+        await bus.nc.publish(events_subject(p.tenant_id, p.sub), frame.data)
 
 
 @websocket("/ws/notify", tags=["websocket"])
@@ -206,18 +207,22 @@ async def notify_socket(socket: WebSocket[Any, Any, State]) -> None:
         return
     since = socket.query_params.get("since")
 
-    async def send(frame: bytes) -> None:
-        await socket.send_data(frame.decode(), mode="text")
+    async def send(text: str) -> None:
+        await socket.send_data(text, mode="text")
 
     async def close(code: int, reason: str) -> None:
         await socket.close(code, reason)
 
-    conn = Connection(str(uuid7()), principal, send, close, state.settings.ws_send_queue)
+    extensions = socket.scope.get("extensions") or {}
+    raw = cast(RawSocket | None, extensions.get(RAW_EXTENSION))
+    conn = Connection(
+        str(uuid7()), principal, close, state.settings.ws_send_buffer, raw=raw, send=send
+    )
     session = Session(socket, conn)
     conn.push(proto.welcome(conn.id))
     state.hub.add(conn)
     state.presence.connected(conn)
-    writer = asyncio.create_task(conn.writer())
+    writer = asyncio.create_task(conn.writer()) if raw is None else None
     session.arm_expiry(principal.exp)
     try:
         if since is not None:
@@ -239,6 +244,8 @@ async def notify_socket(socket: WebSocket[Any, Any, State]) -> None:
         if session.expiry is not None:
             session.expiry.cancel()
         conn.closing = True
-        conn.ready.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, 1)
+        if writer is not None:
+            if conn.ready is not None:
+                conn.ready.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, 1)

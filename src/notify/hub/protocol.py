@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from notify.hub.transport import text_frame
 from notify.notifications.schemas import ChannelName
 
 ENCODER = msgspec.json.Encoder()
@@ -52,43 +53,65 @@ ErrorCode = Literal[
 ]
 
 
+class Frame:
+    """One outgoing message, encoded once and shared by every socket it goes to."""
+
+    __slots__ = ("_wire", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        """The WebSocket frame bytes, built on first use and then reused for every socket."""
+        if self._wire is None:
+            self._wire = text_frame(self.data)
+        return self._wire
+
+    @property
+    def text(self) -> str:
+        return self.data.decode()
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def notification_frame(seq: int, payload: bytes, timestamp: str) -> bytes:
+def notification_frame(seq: int, payload: bytes, timestamp: str) -> Frame:
     """The notification message, spliced around the stored JSON: no decode, no re-encode."""
-    return b'{"type":"notification","seq":%d,"data":%s,"timestamp":"%s"}' % (
-        seq,
-        payload,
-        timestamp.encode(),
+    return Frame(
+        b'{"type":"notification","seq":%d,"data":%s,"timestamp":"%s"}'
+        % (seq, payload, timestamp.encode())
     )
 
 
-def welcome(connection_id: str) -> bytes:
-    return ENCODER.encode(
-        {"type": "welcome", "connection_id": connection_id, "server_time": now_iso()}
-    )
+def _frame(message: dict[str, object]) -> Frame:
+    return Frame(ENCODER.encode(message))
 
 
-def pong() -> bytes:
-    return ENCODER.encode({"type": "pong", "timestamp": now_iso()})
+def welcome(connection_id: str) -> Frame:
+    return _frame({"type": "welcome", "connection_id": connection_id, "server_time": now_iso()})
 
 
-def channel_ack(kind: Literal["subscribed", "unsubscribed"], channel: str) -> bytes:
-    return ENCODER.encode({"type": kind, "channel": channel})
+def pong() -> Frame:
+    return _frame({"type": "pong", "timestamp": now_iso()})
 
 
-def refreshed(exp: int) -> bytes:
-    return ENCODER.encode({"type": "refreshed", "exp": exp})
+def channel_ack(kind: Literal["subscribed", "unsubscribed"], channel: str) -> Frame:
+    return _frame({"type": kind, "channel": channel})
 
 
-def read_event(notification_id: str, read_at: str) -> bytes:
-    return ENCODER.encode({"type": "read", "notification_id": notification_id, "read_at": read_at})
+def refreshed(exp: int) -> Frame:
+    return _frame({"type": "refreshed", "exp": exp})
 
 
-def error(code: ErrorCode, message: str) -> bytes:
-    return ENCODER.encode({"type": "error", "code": code, "message": message})
+def read_event(notification_id: str, read_at: str) -> Frame:
+    return _frame({"type": "read", "notification_id": notification_id, "read_at": read_at})
+
+
+def error(code: ErrorCode, message: str) -> Frame:
+    return _frame({"type": "error", "code": code, "message": message})
 
 
 def classify(exc: msgspec.DecodeError) -> tuple[ErrorCode, str]:

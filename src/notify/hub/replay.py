@@ -12,6 +12,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from notify.core.bus import STREAM
 from notify.hub.dispatch import frame_of
+from notify.hub.protocol import Frame
 
 log = logging.getLogger("notify.hub.replay")
 BATCH = 256
@@ -23,7 +24,7 @@ class ReplayUnavailable(Exception):
 
 async def missed(
     js: JetStreamContext, subjects: list[str], since: int, limit: int
-) -> list[tuple[int, bytes]]:
+) -> list[tuple[int, Frame]]:
     """Frames on `subjects` after `since`, oldest first, merged across subjects by seq."""
     state = (await js.stream_info(STREAM)).state
     if since >= state.last_seq:
@@ -41,7 +42,7 @@ async def missed(
 
 async def _read(
     js: JetStreamContext, subject: str, start: int, limit: int
-) -> list[tuple[int, bytes]]:
+) -> list[tuple[int, Frame]]:
     # Pull consumers need explicit acks on NATS 2.9; ack-all on the last of each batch.
     sub = await js.pull_subscribe(
         subject,
@@ -57,7 +58,7 @@ async def _read(
     info = await sub.consumer_info()
     try:
         pending = info.num_pending or 0
-        frames: list[tuple[int, bytes]] = []
+        frames: list[tuple[int, Frame]] = []
         while len(frames) < min(pending, limit + 1):
             try:
                 msgs = await sub.fetch(min(BATCH, pending - len(frames)), timeout=2)

@@ -17,11 +17,12 @@ from msgspec import Struct
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from uuid_utils.compat import uuid7
 
-from notify.core.auth import Principal, TokenError, decode_token, service_only
-from notify.core.bus import Bus, channel_subject, events_subject, tenant_subject, user_subject
+from notify.core.auth import TokenError, decode_token, service_only
+from notify.core.bus import Bus, channel_subject, tenant_subject, user_subject
 from notify.core.config import Settings
 from notify.core.errors import NotFound
 from notify.hub import protocol as proto
+from notify.hub.events import publish_read
 from notify.hub.hub import Connection, Hub
 from notify.hub.presence import Presence
 from notify.hub.replay import ReplayUnavailable, missed
@@ -166,6 +167,9 @@ class Session:
             conn.push(proto.error("invalid_token", "refresh token is for another user"))
             return
         conn.principal = fresh
+        for channel in conn.channels - fresh.channels:  # no longer allowed by the new token
+            self.hub.leave(conn, channel)
+            conn.push(proto.channel_ack("unsubscribed", channel))
         self.arm_expiry(fresh.exp)
         conn.push(proto.refreshed(fresh.exp))
 
@@ -183,16 +187,7 @@ class Session:
             log.warning("mark_read failed: %s", exc)
             self.conn.push(proto.error("unavailable", "could not store the read state"))
             return
-        await publish_read(self.bus, self.conn.principal, str(out.id), out.read_at)
-
-
-async def publish_read(bus: Bus, p: Principal, notification_id: str, read_at: Any) -> None:
-    """Tell all of the reader's sockets, on every pod (best effort: the inbox is the truth)."""
-    if bus.nc is None or read_at is None:
-        return
-    frame = proto.read_event(notification_id, read_at.isoformat().replace("+00:00", "Z"))
-    with contextlib.suppress(Exception):
-        await bus.nc.publish(events_subject(p.tenant_id, p.sub), frame.data)
+        await publish_read(self.bus, self.conn.principal, out)
 
 
 @websocket("/ws/notify", tags=["websocket"])

@@ -15,6 +15,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 
 from notify.core.auth import Principal, service_or_admin
 from notify.core.errors import Forbidden, Invalid
+from notify.hub.events import publish_read
 from notify.notifications.queries import CursorError, InboxFilter
 from notify.notifications.schemas import (
     BroadcastCreate,
@@ -149,7 +150,9 @@ class NotificationController(Controller):
         service: Service,
         notification_id: FromPath[UUID],
     ) -> NotificationOut:
-        return await service.mark_read(request.user, notification_id)
+        out = await service.mark_read(request.user, notification_id)
+        await publish_read(request.app.state.bus, request.user, out)
+        return out
 
     @delete("/{notification_id:uuid}", status_code=204, summary="Delete (or dismiss) one")
     async def remove(

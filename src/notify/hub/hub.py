@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from notify.core.auth import Principal
 from notify.hub.protocol import Frame
@@ -33,11 +33,11 @@ class Connection:
     buffer_limit: int
     raw: RawSocket | None = None
     send: Send | None = None
-    channels: set[str] = field(default_factory=set)
+    channels: frozenset[str] = frozenset()  # replaced, not mutated: idle sockets share one
     last_seq: int = 0
     # While replaying, live frames wait here so replay and live join without a gap.
     held: list[tuple[int, Frame]] | None = None
-    queue: deque[Frame] = field(default_factory=deque)
+    queue: deque[Frame] | None = None  # the queued path only
     queued_bytes: int = 0
     ready: asyncio.Event | None = None
     closing: bool = False
@@ -59,6 +59,8 @@ class Connection:
         if self.queued_bytes > self.buffer_limit:
             self.drop(1008, "slow consumer")
             return
+        if self.queue is None:
+            self.queue = deque()
         self.queue.append(frame)
         self.queued_bytes += len(frame.data)
         if self.ready is not None:
@@ -75,7 +77,7 @@ class Connection:
     def drop(self, code: int, reason: str) -> None:
         if not self.closing:
             self.closing = True
-            self.queue.clear()
+            self.queue = None
             if self.ready is not None:
                 self.ready.set()
             asyncio.get_running_loop().create_task(self._close(code, reason))
@@ -130,11 +132,11 @@ class Hub:
             _discard(self.by_channel, (tenant, channel), conn)
 
     def join(self, conn: Connection, channel: str) -> None:
-        conn.channels.add(channel)
+        conn.channels = conn.channels | {channel}
         self.by_channel.setdefault((conn.principal.tenant_id, channel), set()).add(conn)
 
     def leave(self, conn: Connection, channel: str) -> None:
-        conn.channels.discard(channel)
+        conn.channels = conn.channels - {channel}
         _discard(self.by_channel, (conn.principal.tenant_id, channel), conn)
 
     def targets(self, tenant: str, kind: str, name: str | None) -> list[Connection]:

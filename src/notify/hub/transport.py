@@ -1,12 +1,23 @@
-"""uvicorn's WebSocket protocol plus a raw writer: pre-framed bytes straight to the transport."""
+"""Serving `/ws/notify` inside uvicorn's WebSocket protocol: no ASGI task per socket, and
+pre-framed bytes written straight to the transport (the hub's hot path)."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
+from litestar.datastructures import State
+from uuid_utils.compat import uuid7
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame as WsFrame
+from websockets.protocol import Protocol
 
-RAW_EXTENSION = "notify.raw"
+from notify.core.auth import TokenError, decode_token
+
+log = logging.getLogger("notify.hub.transport")
+HUB_PATH = "/ws/notify"
+CLOSE_TIMEOUT = 10.0
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -40,10 +51,120 @@ class RawSocket:
 
 
 class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
-    """Adds the raw writer to the ASGI scope's extensions; everything else is uvicorn's."""
+    """uvicorn's sans-I/O WebSocket protocol. For `/ws/notify` (when bound to an app's
+    state by `notify.server`) it completes the handshake itself and hands frames to a hub
+    session; every other path goes to the ASGI app as usual."""
+
+    state: ClassVar[State | None] = None
+    session: Any = None  # notify.hub.session.Session once the socket is ours
 
     def handle_connect(self, event: Any) -> None:
-        super().handle_connect(event)
-        scope = getattr(self, "scope", None)
-        if scope is not None:  # a rejected handshake has no scope
-            scope["extensions"][RAW_EXTENSION] = RawSocket(self)
+        target = urlsplit(event.path)
+        if self.state is None or target.path != HUB_PATH:
+            super().handle_connect(event)
+            return
+        response = self.conn.accept(event)
+        self.conn.send_response(response)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.handshake_initiated = self.handshake_complete = True
+        if response.status_code != 101:
+            self.close_sent = True
+            self.transport.close()
+            return
+        self.start_keepalive()
+        del self.queue, self.writable, self.frames  # the ASGI side of the protocol stays unused
+        # The server parser's generator frame keeps the handshake request (headers and all)
+        # alive for the socket's life; the base frame parser is the same minus that.
+        self.conn.parser = Protocol.parse(self.conn)
+        next(self.conn.parser)
+        self._open(parse_qs(target.query))
+
+    def _open(self, query: dict[str, list[str]]) -> None:
+        from notify.hub.hub import Connection
+        from notify.hub.session import Session
+
+        state = self.state
+        assert state is not None
+        try:
+            principal = decode_token((query.get("token") or [""])[0], state.settings)
+        except TokenError as exc:
+            self.close_socket(4401, str(exc)[:120])
+            return
+        conn = Connection(
+            str(uuid7()), principal, self._close, state.settings.ws_send_buffer, raw=RawSocket(self)
+        )
+        self.session = Session(state, conn)
+        since = query.get("since")
+        self.session.open(since[0] if since else None)
+
+    async def _close(self, code: int, reason: str) -> None:
+        self.close_socket(code, reason)
+
+    def close_socket(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the transport goes when the peer answers or in 10 s."""
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)
+
+    # -- frames from the client: to the session when the socket is ours --------------------
+    def handle_text(self, event: WsFrame) -> None:
+        if self.session is None:
+            super().handle_text(event)
+        elif not self.close_sent:
+            self.session.feed(bytes(event.data))
+
+    def handle_bytes(self, event: WsFrame) -> None:
+        if self.session is None:
+            super().handle_bytes(event)
+        elif not self.close_sent:
+            self.session.feed(bytes(event.data))
+
+    def handle_close(self, event: WsFrame) -> None:
+        if self.session is None:
+            super().handle_close(event)
+            return
+        if self.close_sent:  # the peer answered our close
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+                self.close_timer = None
+        else:  # the peer closes: websockets queued the echo
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
+
+    def handle_parser_exception(self) -> None:
+        if self.session is None:
+            super().handle_parser_exception()
+            return
+        # Too big (1009), not UTF-8, bad framing: websockets queued the right close frame.
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        session = self.session
+        if session is None:
+            super().connection_lost(exc)
+            return
+        self.session = None
+        session.finish()
+        self.stop_keepalive()
+        self.connections.discard(self)
+        self.disconnected = True
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+
+    def shutdown(self) -> None:
+        if self.session is None:
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        self.close_socket(1001, "server going away")
+
+
+def bind_protocol(state: State) -> type[NotifyWebSocketProtocol]:
+    """A protocol class that serves the hub of this app (one per server)."""
+    return type("BoundNotifyWebSocketProtocol", (NotifyWebSocketProtocol,), {"state": state})

@@ -130,8 +130,12 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         retention = self._settings.stream_retention_days * 86400
+        # The de-duplication window may not exceed what the stream keeps.
         config = StreamConfig(
-            name=STREAM, subjects=STREAM_SUBJECTS, max_age=retention, duplicate_window=120
+            name=STREAM,
+            subjects=STREAM_SUBJECTS,
+            max_age=retention,
+            duplicate_window=min(120.0, retention),
         )
         js = self._js
         assert js is not None

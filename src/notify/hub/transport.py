@@ -56,13 +56,15 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
     session; every other path goes to the ASGI app as usual."""
 
     state: ClassVar[State | None] = None
-    session: Any = None  # notify.hub.session.Session once the socket is ours
+    direct = False  # this socket is served here, not by the ASGI app
+    session: Any = None  # notify.hub.session.Session once authenticated
 
     def handle_connect(self, event: Any) -> None:
         target = urlsplit(event.path)
         if self.state is None or target.path != HUB_PATH:
             super().handle_connect(event)
             return
+        self.direct = True
         response = self.conn.accept(event)
         self.conn.send_response(response)
         self.transport.write(b"".join(self.conn.data_to_send()))
@@ -111,19 +113,19 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
 
     # -- frames from the client: to the session when the socket is ours --------------------
     def handle_text(self, event: WsFrame) -> None:
-        if self.session is None:
+        if not self.direct:
             super().handle_text(event)
-        elif not self.close_sent:
+        elif self.session is not None and not self.close_sent:
             self.session.feed(bytes(event.data))
 
     def handle_bytes(self, event: WsFrame) -> None:
-        if self.session is None:
+        if not self.direct:
             super().handle_bytes(event)
-        elif not self.close_sent:
+        elif self.session is not None and not self.close_sent:
             self.session.feed(bytes(event.data))
 
     def handle_close(self, event: WsFrame) -> None:
-        if self.session is None:
+        if not self.direct:
             super().handle_close(event)
             return
         if self.close_sent:  # the peer answered our close
@@ -135,7 +137,7 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.close()
 
     def handle_parser_exception(self) -> None:
-        if self.session is None:
+        if not self.direct:
             super().handle_parser_exception()
             return
         # Too big (1009), not UTF-8, bad framing: websockets queued the right close frame.
@@ -144,12 +146,12 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        session = self.session
-        if session is None:
+        if not self.direct:
             super().connection_lost(exc)
             return
-        self.session = None
-        session.finish()
+        session, self.session = self.session, None
+        if session is not None:
+            session.finish()
         self.stop_keepalive()
         self.connections.discard(self)
         self.disconnected = True
@@ -157,8 +159,16 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
             self.close_timer.cancel()
             self.close_timer = None
 
+    def pause_writing(self) -> None:
+        if not self.direct:  # direct sockets: the hub's byte limit is the back-pressure
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if not self.direct:
+            super().resume_writing()
+
     def shutdown(self) -> None:
-        if self.session is None:
+        if not self.direct:
             super().shutdown()
             return
         self.stop_keepalive()

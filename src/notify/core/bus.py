@@ -167,6 +167,10 @@ class Bus:
 
     async def _on_reconnect(self) -> None:
         log.info("NATS reconnected")
+        try:  # a restarted server may have lost its state: recreate the stream
+            await self.ensure_streams()
+        except Exception as exc:
+            log.warning("NATS reconnected but the stream could not be ensured: %s", exc)
 
     async def close(self) -> None:
         if self._task is not None:

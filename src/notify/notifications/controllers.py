@@ -31,7 +31,12 @@ from notify.notifications.schemas import (
     TypeName,
     UnreadCount,
 )
-from notify.notifications.service import ENCODER, NotificationService, Target
+from notify.notifications.service import (
+    ENCODER,
+    NotificationService,
+    Target,
+    broadcast_targets,
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -173,32 +178,6 @@ class NotificationController(Controller):
         return await service.deliveries(request.user, notification_id)
 
 
-def broadcast_targets(data: BroadcastCreate, tenant: str) -> list[Target]:
-    chosen = [
-        name
-        for name, on in (
-            ("user_id", data.user_id is not None),
-            ("user_ids", data.user_ids is not None),
-            ("broadcast_to_tenant", data.broadcast_to_tenant),
-            ("channel", data.channel is not None),
-        )
-        if on
-    ]
-    if len(chosen) != 1:
-        raise Invalid(
-            "target",
-            "give exactly one of user_id, user_ids, broadcast_to_tenant, "
-            f"channel (got {', '.join(chosen) or 'none'})",
-        )
-    if data.user_id is not None:
-        return [Target(tenant, user_id=data.user_id)]
-    if data.user_ids is not None:
-        return [Target(tenant, user_id=u) for u in dict.fromkeys(data.user_ids)]
-    if data.channel is not None:
-        return [Target(tenant, channel=data.channel)]
-    return [Target(tenant)]
-
-
 class BroadcastController(Controller):
     path = "/internal"
     tags = ["internal"]
@@ -222,15 +201,6 @@ class BroadcastController(Controller):
         targets = broadcast_targets(data, resolve_tenant(p, data.tenant_id))
 
         def produce() -> tuple[int, bytes]:
-            ids = [service.add(p, data, t).id for t in targets]
-            service.audit(
-                p,
-                targets[0].tenant_id,
-                "notification.broadcast",
-                str(ids[0]) if len(ids) == 1 else None,
-                audience=targets[0].audience,
-                count=len(ids),
-            )
-            return 202, ENCODER.encode(BroadcastResult(ids))
+            return 202, service.stage_broadcast(p, data, targets)
 
         return await _accept(request, service, idempotency_key, data, produce)

@@ -1,11 +1,10 @@
 """NATS ingest: broadcast bodies published to `notify.ingest`, stored and delivered like REST.
 
-`notify.ingest` is a JetStream work queue read by one durable pull consumer that every pod
-shares, so each message is handled by one pod. A valid message is committed exactly as
-POST /internal/broadcast commits (same schema, targets, rows and outbox), with its
-`Nats-Msg-Id` as the Idempotency-Key: the stream's duplicate window absorbs quick retries,
-the idempotency table later ones. A message that can never be stored goes to `notify.dlq`
-(kept in its own stream) with the reason, and is acked; one that fails for a passing reason
+`notify.ingest` is a JetStream work queue with one durable pull consumer shared by every
+pod, so each message is handled once. A valid message is committed as POST /internal/broadcast
+commits it, its `Nats-Msg-Id` being the Idempotency-Key (the stream's duplicate window drops
+quick retries, the idempotency table later ones). One that can never be stored goes with its
+reason to `notify.dlq` (kept in NOTIFY_DLQ) and is acked; one that fails for a passing reason
 (database down) is nak'ed with a back-off, so it is redelivered, never lost.
 """
 
@@ -32,10 +31,9 @@ from notify.core.bus import Bus
 from notify.core.config import Settings
 from notify.core.errors import Conflict, Invalid
 from notify.core.models import utcnow
-from notify.notifications.controllers import broadcast_targets
 from notify.notifications.outbox import OutboxRelay
 from notify.notifications.schemas import BroadcastCreate, BroadcastResult
-from notify.notifications.service import ENCODER, NotificationService, Target
+from notify.notifications.service import ENCODER, NotificationService, broadcast_targets
 
 log = logging.getLogger("notify.ingest")
 
@@ -57,6 +55,23 @@ DEDUPE_WINDOW = 120.0
 DLQ_MAX_AGE = 14 * 86400.0
 KEY_MAX = 255  # the Idempotency-Key column's width
 
+STREAMS = (
+    StreamConfig(
+        name=STREAM,
+        subjects=[SUBJECT],
+        retention=RetentionPolicy.WORK_QUEUE,
+        duplicate_window=DEDUPE_WINDOW,
+    ),
+    StreamConfig(
+        name=DLQ_STREAM, subjects=[DLQ_SUBJECT], max_age=DLQ_MAX_AGE, duplicate_window=DEDUPE_WINDOW
+    ),
+)
+CONSUMER = ConsumerConfig(
+    durable_name=DURABLE,
+    ack_policy=AckPolicy.EXPLICIT,
+    ack_wait=ACK_WAIT,
+    max_deliver=MAX_DELIVER,
+)
 _decoder = msgspec.json.Decoder(BroadcastCreate)
 
 
@@ -94,16 +109,12 @@ class IngestConsumer:
     async def stop(self) -> None:
         """Stop consuming; a message being handled is finished or left unacked for redelivery."""
         self._stopping.set()
-        if self._task is None:
-            return
-        # Let the current fetch expire and its batch finish: a cancelled pull request
-        # would leave messages parked until ack_wait ran out.
-        _, pending = await asyncio.wait({self._task}, timeout=FETCH_TIMEOUT + 4)
-        if pending:
-            self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        if self._task is not None:
+            # Let the current fetch expire and its batch finish (cancelled after a grace):
+            # a cancelled pull request would leave messages parked until ack_wait ran out.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, FETCH_TIMEOUT + 4)
+            self._task = None
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake up at once when stopping."""
@@ -137,40 +148,21 @@ class IngestConsumer:
 
     async def _subscribe(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
         """Create or update both streams and the shared durable consumer (idempotent)."""
-        await _ensure_stream(
-            js,
-            StreamConfig(
-                name=STREAM,
-                subjects=[SUBJECT],
-                retention=RetentionPolicy.WORK_QUEUE,
-                duplicate_window=DEDUPE_WINDOW,
-            ),
-        )
-        await _ensure_stream(
-            js,
-            StreamConfig(
-                name=DLQ_STREAM,
-                subjects=[DLQ_SUBJECT],
-                max_age=DLQ_MAX_AGE,
-                duplicate_window=DEDUPE_WINDOW,
-            ),
-        )
-        await js.add_consumer(
-            STREAM,
-            ConsumerConfig(
-                durable_name=DURABLE,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ACK_WAIT,
-                max_deliver=MAX_DELIVER,
-            ),
-        )
+        for config in STREAMS:
+            try:
+                await js.add_stream(config)
+            except BadRequestError:  # it exists (maybe from an older release): update it
+                await js.update_stream(config)
+        await js.add_consumer(STREAM, CONSUMER)
         return await js.pull_subscribe_bind(durable=DURABLE, stream=STREAM)
 
     async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
+        # Errors other than idle timeouts end this subscription and `_run` sets it up again:
+        # that is how a consumer lost with the server's state (503 no responders) comes back.
         while not self._stopping.is_set():
             try:
                 msgs = await sub.fetch(BATCH, timeout=FETCH_TIMEOUT)
-            except TimeoutError:  # nothing to do (nats' timeout errors subclass it)
+            except TimeoutError:  # idle (nats' timeout errors subclass it)
                 continue
             await self.handle(msgs)
 
@@ -191,7 +183,7 @@ class IngestConsumer:
                 return
 
     async def _handle_one(self, msg: Msg) -> None:
-        msg_id = (msg.headers or {}).get(MSG_ID) or None
+        msg_id = _msg_id(msg)
         try:
             await self.store(msg.data, msg_id)
         except Rejected as exc:
@@ -208,10 +200,9 @@ class IngestConsumer:
             if delivered < MAX_DELIVER:
                 await msg.nak(delay=min(2.0 ** (delivered - 1), MAX_BACKOFF))
                 continue
-            msg_id = (msg.headers or {}).get(MSG_ID) or None
             reason = f"not stored after {delivered} deliveries: {_why(exc)}"
             with contextlib.suppress(Exception):  # still in the stream if this fails too
-                await self._dead_letter(msg, msg_id, reason)
+                await self._dead_letter(msg, _msg_id(msg), reason)
                 await msg.ack()
 
     async def store(self, data: bytes, msg_id: str | None) -> BroadcastResult:
@@ -233,7 +224,7 @@ class IngestConsumer:
             service = NotificationService(session=session)
 
             def produce() -> tuple[int, bytes]:
-                return 202, _stage(service, actor, body, targets)
+                return 202, service.stage_broadcast(actor, body, targets, source=SUBJECT)
 
             try:
                 _, answer = await service.idempotent(actor, msg_id, request, produce)
@@ -276,28 +267,8 @@ def _decode(data: bytes) -> BroadcastCreate:
         raise Rejected(f"invalid JSON: {exc}") from None
 
 
-def _stage(
-    service: NotificationService, actor: Principal, body: BroadcastCreate, targets: list[Target]
-) -> bytes:
-    """Stage the rows exactly like the REST broadcast does; the answer it would give."""
-    ids = [service.add(actor, body, t).id for t in targets]
-    service.audit(
-        actor,
-        targets[0].tenant_id,
-        "notification.broadcast",
-        str(ids[0]) if len(ids) == 1 else None,
-        audience=targets[0].audience,
-        count=len(ids),
-        source=SUBJECT,
-    )
-    return ENCODER.encode(BroadcastResult(ids))
-
-
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    try:
-        await js.add_stream(config)
-    except BadRequestError:  # it exists with another config (an older release): update it
-        await js.update_stream(config)
+def _msg_id(msg: Msg) -> str | None:
+    return (msg.headers or {}).get(MSG_ID) or None  # nats-server ignores an empty one too
 
 
 def _why(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from uuid_utils.compat import uuid7
 from notify.core import bus
 from notify.core.auth import Principal
 from notify.core.db import metadata
-from notify.core.errors import Conflict, NotFound
+from notify.core.errors import Conflict, Invalid, NotFound
 from notify.core.models import utcnow
 from notify.notifications import queries
 from notify.notifications.models import (
@@ -31,6 +31,8 @@ from notify.notifications.models import (
     OutboxMessage,
 )
 from notify.notifications.schemas import (
+    BroadcastCreate,
+    BroadcastResult,
     DeliveryList,
     DeliveryOut,
     NotificationBody,
@@ -170,6 +172,23 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
                 "updated_at": now,
             },
         )
+
+    def stage_broadcast(
+        self, actor: Principal, body: NotificationBody, targets: list[Target], **audit: Any
+    ) -> bytes:
+        """Stage one notification per target, audited once; the 202 answer's body."""
+        ids = [self.add(actor, body, t).id for t in targets]
+        first = targets[0]
+        self.audit(
+            actor,
+            first.tenant_id,
+            "notification.broadcast",
+            str(ids[0]) if len(ids) == 1 else None,
+            audience=first.audience,
+            count=len(ids),
+            **audit,
+        )
+        return ENCODER.encode(BroadcastResult(ids))
 
     def _stage(self, model: Any, row: dict[str, Any]) -> None:
         self._staged.setdefault(model.__table__, []).append(row)
@@ -343,6 +362,32 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
             p, m["tenant_id"], "notification.delete", str(notification_id), audience=m["audience"]
         )
         await self.db.commit()
+
+
+def broadcast_targets(data: BroadcastCreate, tenant: str) -> list[Target]:
+    chosen = [
+        name
+        for name, on in (
+            ("user_id", data.user_id is not None),
+            ("user_ids", data.user_ids is not None),
+            ("broadcast_to_tenant", data.broadcast_to_tenant),
+            ("channel", data.channel is not None),
+        )
+        if on
+    ]
+    if len(chosen) != 1:
+        raise Invalid(
+            "target",
+            "give exactly one of user_id, user_ids, broadcast_to_tenant, "
+            f"channel (got {', '.join(chosen) or 'none'})",
+        )
+    if data.user_id is not None:
+        return [Target(tenant, user_id=data.user_id)]
+    if data.user_ids is not None:
+        return [Target(tenant, user_id=u) for u in dict.fromkeys(data.user_ids)]
+    if data.channel is not None:
+        return [Target(tenant, channel=data.channel)]
+    return [Target(tenant)]
 
 
 def _initial_delivery(channel: str, target: Target) -> tuple[str, str | None]:

@@ -84,12 +84,15 @@ class Session:
         """Welcome first, then register: from here on live frames reach the socket."""
         conn = self.conn
         conn.push(proto.welcome(conn.id))
+        replay = since is not None and since.isdigit()
+        if replay:
+            conn.held = []  # live frames wait from the moment we register until replay is done
         self.hub.add(conn)
         self.presence.connected(conn)
         self.arm_expiry(conn.principal.exp)
         if since is None:
             return
-        if since.isdigit():
+        if replay:
             self.feed(int(since))
         else:
             conn.push(proto.error("invalid_message", "since must be a non-negative integer"))
@@ -135,7 +138,8 @@ class Session:
         p, conn = self.conn.principal, self.conn
         subjects = [user_subject(p.tenant_id, p.sub), tenant_subject(p.tenant_id)]
         subjects += [channel_subject(p.tenant_id, c) for c in sorted(conn.channels)]
-        conn.held = []
+        if conn.held is None:
+            conn.held = []
         try:
             for seq, frame in await missed(
                 self.bus.js, subjects, since, self.settings.ws_replay_limit

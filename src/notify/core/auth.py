@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Literal
 
 import jwt
 import msgspec
+from jwt.algorithms import get_default_algorithms
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
@@ -43,19 +45,27 @@ class TokenError(Exception):
     """A rejected token; the message says why (it becomes the 401's detail)."""
 
 
+def _memoized_keys() -> jwt.PyJWT:
+    """pyjwt re-checks and re-parses the key for every token (for HMAC it even tries two DER
+    parsers): a sixth of a WebSocket connect (py-spy). Key preparation is pure, so it is
+    done once per key; verification itself stays pyjwt's."""
+    instance = jwt.PyJWT()
+    algorithms = get_default_algorithms()
+    for name in ("HS256", "RS256", "ES256"):
+        alg = algorithms[name]
+        alg.prepare_key = functools.lru_cache(maxsize=8)(alg.prepare_key)  # type: ignore[method-assign]
+        instance._jws.unregister_algorithm(name)
+        instance._jws.register_algorithm(name, alg)
+    return instance
+
+
+_JWT = _memoized_keys()
+
+
 def decode_token(token: str, settings: Settings) -> Principal:
     """Verify signature, algorithm and claims; raise TokenError naming the problem."""
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.DecodeError:
-        raise TokenError("malformed token") from None
-    alg = str(header.get("alg", ""))
-    if alg.lower() == "none" or not alg:
-        raise TokenError("unsigned token (alg none) is not accepted")
-    if alg != settings.jwt_algorithm:
-        raise TokenError(f"token algorithm {alg} is not allowed; expected {settings.jwt_algorithm}")
-    try:
-        claims: dict[str, Any] = jwt.decode(
+        claims: dict[str, Any] = _JWT.decode(
             token,
             settings.jwt_verify_key,
             algorithms=[settings.jwt_algorithm],
@@ -68,12 +78,21 @@ def decode_token(token: str, settings: Settings) -> Principal:
     except jwt.InvalidSignatureError:
         raise TokenError("bad token signature") from None
     except jwt.InvalidAlgorithmError:
-        raise TokenError(f"token algorithm {alg} is not allowed") from None
+        raise TokenError(_algorithm_problem(token, settings)) from None
+    except jwt.DecodeError as exc:  # unreadable, or a claim of the wrong type (pyjwt says which)
+        raise TokenError(f"malformed token: {exc}") from None
     except (jwt.InvalidKeyError, ValueError):
         raise TokenError("bad token signature") from None
     except jwt.InvalidTokenError as exc:
         raise TokenError(f"invalid token: {exc}") from None
     return _principal(claims)
+
+
+def _algorithm_problem(token: str, settings: Settings) -> str:
+    alg = str(jwt.get_unverified_header(token).get("alg") or "")
+    if alg.lower() in ("", "none"):
+        return "unsigned token (alg none) is not accepted"
+    return f"token algorithm {alg} is not allowed; expected {settings.jwt_algorithm}"
 
 
 def _principal(claims: dict[str, Any]) -> Principal:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from litestar.datastructures import State
-from uuid_utils.compat import uuid7
+from uuid_utils import uuid7
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame as WsFrame
 from websockets.protocol import Protocol

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from notify.core.auth import Principal
 from notify.hub.protocol import Frame
-from notify.hub.transport import RawSocket
 
 log = logging.getLogger("notify.hub")
 
@@ -23,7 +22,7 @@ ChannelKey = tuple[str, str]
 
 @dataclass(eq=False, slots=True)
 class Connection:
-    """One socket. Frames go straight to its transport (`raw`) when the server offers it,
+    """One socket. Frames go straight to its transport when notify's protocol serves it,
     else through a queue drained by a writer task. A reader more than `buffer_limit` bytes
     behind is a slow consumer: dropped with 1008, never slowing anyone else."""
 
@@ -31,7 +30,7 @@ class Connection:
     principal: Principal
     close: Close
     buffer_limit: int
-    raw: RawSocket | None = None
+    transport: asyncio.WriteTransport | None = None  # direct sockets: write frames here
     send: Send | None = None
     channels: frozenset[str] = frozenset()  # replaced, not mutated: idle sockets share one
     last_seq: int = 0
@@ -49,12 +48,12 @@ class Connection:
     def push(self, frame: Frame) -> None:
         if self.closing:
             return
-        raw = self.raw
-        if raw is not None:
-            if raw.buffered() > self.buffer_limit:
+        t = self.transport
+        if t is not None:
+            if t.get_write_buffer_size() > self.buffer_limit:
                 self.drop(1008, "slow consumer")
-            else:
-                raw.write(frame.wire)
+            elif not t.is_closing():
+                t.write(frame.wire)
             return
         if self.queued_bytes > self.buffer_limit:
             self.drop(1008, "slow consumer")
@@ -150,8 +149,22 @@ class Hub:
         """Queue one pre-encoded notification on every addressed socket of this pod."""
         self.messages_in += 1
         targets = self.targets(tenant, kind, name)
+        wire = frame.wire
+        # The hot loop (py-spy: per-socket calls were most of a fanout); `push_seq` inlined.
         for conn in targets:
-            conn.push_seq(seq, frame)
+            if conn.held is not None:
+                conn.held.append((seq, frame))
+                continue
+            if seq <= conn.last_seq or conn.closing:
+                continue
+            conn.last_seq = seq
+            t = conn.transport
+            if t is None:
+                conn.push(frame)
+            elif t.get_write_buffer_size() > conn.buffer_limit:
+                conn.drop(1008, "slow consumer")
+            elif not t.is_closing():
+                t.write(wire)
         self.messages_out += len(targets)
         return len(targets)
 

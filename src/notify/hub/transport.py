@@ -32,24 +32,6 @@ def text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
-class RawSocket:
-    """What the hub writes through: no ASGI message, no per-socket encoding or framing."""
-
-    __slots__ = ("_proto",)
-
-    def __init__(self, proto: NotifyWebSocketProtocol) -> None:
-        self._proto = proto
-
-    def write(self, wire: bytes) -> None:
-        proto = self._proto
-        if not (proto.close_sent or proto.transport.is_closing()):
-            proto.transport.write(wire)
-
-    def buffered(self) -> int:
-        """Bytes the kernel has not taken yet: how far behind this reader is."""
-        return self._proto.transport.get_write_buffer_size()
-
-
 class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol. For `/ws/notify` (when bound to an app's
     state by `notify.server`) it completes the handshake itself and hands frames to a hub
@@ -93,7 +75,11 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
             self.close_socket(4401, str(exc)[:120])
             return
         conn = Connection(
-            str(uuid7()), principal, self._close, state.settings.ws_send_buffer, raw=RawSocket(self)
+            str(uuid7()),
+            principal,
+            self._close,
+            state.settings.ws_send_buffer,
+            transport=self.transport,
         )
         self.session = Session(state, conn)
         since = query.get("since")
@@ -104,6 +90,8 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def close_socket(self, code: int, reason: str) -> None:
         """Start the closing handshake; the transport goes when the peer answers or in 10 s."""
+        if self.session is not None:
+            self.session.conn.closing = True  # nothing may follow the close frame
         if self.close_sent or self.transport.is_closing():
             return
         self.conn.send_close(code, reason)

@@ -98,7 +98,14 @@ class Session:
             conn.push(proto.error("invalid_message", "since must be a non-negative integer"))
 
     def feed(self, item: str | bytes | int) -> None:
-        """A client message (or an initial `since`), handled in arrival order."""
+        """A client message (or an initial `since`), handled in arrival order. The rate limit
+        applies on arrival, so a flood never queues more than one burst."""
+        if not isinstance(item, int) and not self.rate.allow():
+            if self.rate.abusive:
+                self.conn.drop(1008, "message rate limit exceeded")
+            else:
+                self.conn.push(proto.error("rate_limited", "too many messages; slow down"))
+            return
         if self.inbox is None:
             self.inbox = []
         self.inbox.append(item)
@@ -157,12 +164,6 @@ class Session:
                 conn.push_seq(seq, frame)
 
     async def handle(self, raw: str | bytes) -> None:
-        if not self.rate.allow():
-            if self.rate.abusive:
-                self.conn.drop(1008, "message rate limit exceeded")
-            else:
-                self.conn.push(proto.error("rate_limited", "too many messages; slow down"))
-            return
         try:
             msg = proto.DECODER.decode(raw)
         except msgspec.DecodeError as exc:

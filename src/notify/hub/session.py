@@ -77,7 +77,7 @@ class Session:
         self.rate = RateLimit(self.settings.ws_rate)
         self.expiry: asyncio.TimerHandle | None = None
         # Client messages wait here; a task runs only while there are some (idle: no task).
-        self.inbox: list[str | bytes | int] | None = None
+        self.inbox: list[str | bytes | int | None] | None = None
         self.worker: asyncio.Task[None] | None = None
 
     def open(self, since: str | None) -> None:
@@ -97,15 +97,14 @@ class Session:
         else:
             conn.push(proto.error("invalid_message", "since must be a non-negative integer"))
 
-    def feed(self, item: str | bytes | int) -> None:
+    def feed(self, item: str | bytes | int | None) -> None:
         """A client message (or an initial `since`), handled in arrival order. The rate limit
         applies on arrival, so a flood never queues more than one burst."""
         if not isinstance(item, int) and not self.rate.allow():
             if self.rate.abusive:
                 self.conn.drop(1008, "message rate limit exceeded")
-            else:
-                self.conn.push(proto.error("rate_limited", "too many messages; slow down"))
-            return
+                return
+            item = None  # refused, but answered in order
         if self.inbox is None:
             self.inbox = []
         self.inbox.append(item)
@@ -116,7 +115,12 @@ class Session:
         try:
             while self.inbox and not self.conn.closing:
                 item = self.inbox.pop(0)
-                await (self.replay(item) if isinstance(item, int) else self.handle(item))
+                if item is None:
+                    self.conn.push(proto.error("rate_limited", "too many messages; slow down"))
+                elif isinstance(item, int):
+                    await self.replay(item)
+                else:
+                    await self.handle(item)
         finally:
             self.worker = None
             self.inbox = None

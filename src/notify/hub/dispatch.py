@@ -54,6 +54,9 @@ class Dispatcher:
                 stream=STREAM,
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.NEW,
+                # A lost consumer (NATS restarted) is noticed after two missed heartbeats and
+                # re-created from the last sequence seen: 1 s, not the default 5 s.
+                idle_heartbeat=1.0,
                 cb=self._on_notification,
                 pending_msgs_limit=-1,
                 pending_bytes_limit=-1,

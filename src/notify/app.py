@@ -12,7 +12,7 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -24,8 +24,8 @@ from notify.core.config import Settings, load_settings
 from notify.core.errors import exception_handlers
 from notify.hub.dispatch import Dispatcher
 from notify.hub.hub import Hub
-from notify.hub.listener import notify_socket, ws_status
 from notify.hub.presence import Presence
+from notify.hub.status import ws_status
 from notify.notifications.controllers import BroadcastController, NotificationController
 from notify.notifications.ingest import IngestConsumer
 from notify.notifications.outbox import OutboxRelay
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             yield
         finally:
-            await hub.close_all(1001, "server going away")
+            hub.close_all(1001, "server going away")
             await presence.stop()
             await dispatcher.stop()
             await ingest.stop()
@@ -81,7 +81,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             BroadcastController,
             health,
             docs,
-            notify_socket,
             ws_status,
         ],
         state=State(
@@ -107,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             title="notify",
             version=notify.__version__,
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(path="/"), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=[ScalarRenderPlugin(path="/")],
             components=Components(
                 security_schemes={
                     "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")

@@ -22,6 +22,7 @@ def build_server(
         loop=loop,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=75,  # outlive load balancers' idle timeouts (often 60 s)
         ws=bind_protocol(app.state),
         ws_per_message_deflate=False,  # deflate state would cost KiBs per idle socket
         ws_max_size=settings.ws_max_frame,

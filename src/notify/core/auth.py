@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Literal
+from typing import Any
 
 import jwt
 import msgspec
@@ -16,7 +16,6 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 
 from notify.core.config import Settings, SettingsError
 
-Role = Literal["user", "admin", "service"]
 ROLES: frozenset[str] = frozenset({"user", "admin", "service"})
 ANY_TENANT = "*"
 REQUIRED_CLAIMS = ("sub", "tenant_id", "exp")

@@ -34,14 +34,17 @@ def migrations_dir() -> Path:
     raise RuntimeError("migrations directory not found")
 
 
+def _ensure_sqlite_dir(settings: Settings) -> None:
+    db_path = settings.sqlalchemy_url.split(":///", 1)[-1]
+    if settings.is_sqlite and db_path and db_path != ":memory:":
+        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.sqlalchemy_url
     kwargs: dict[str, Any] = {}
-    if settings.is_sqlite:
-        db_path = url.split(":///", 1)[-1]
-        if db_path and db_path != ":memory:":
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    else:
+    _ensure_sqlite_dir(settings)
+    if not settings.is_sqlite:
         kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size)
     engine = create_async_engine(
         url, json_serializer=_json_dumps, json_deserializer=msgspec.json.decode, **kwargs
@@ -92,6 +95,7 @@ def _alembic_config(settings: Settings) -> AlembicConfig:
 
 def upgrade(settings: Settings) -> None:
     """Apply every migration (idempotent). Runs its own event loop: call from sync code."""
+    _ensure_sqlite_dir(settings)
     command.upgrade(_alembic_config(settings), "head")
 
 
@@ -102,10 +106,6 @@ def head_revision(settings: Settings) -> str | None:
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
         return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
-
-
-async def is_migrated(settings: Settings, engine: AsyncEngine) -> bool:
-    return await current_revision(engine) == head_revision(settings)
 
 
 def check_migrated(settings: Settings) -> str | None:

@@ -23,10 +23,6 @@ class Conflict(HTTPException):
     status_code = 409
 
 
-class Forbidden(HTTPException):
-    status_code = 403
-
-
 class Invalid(HTTPException):
     """422 naming the offending field in `extra`."""
 
@@ -85,7 +81,15 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     return Response(body, status_code=exc.status_code, headers=exc.headers)
 
 
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error during %s %s", request.method, request.url.path)
+    return Response(
+        {"status_code": 500, "detail": "Internal Server Error", "extra": {}}, status_code=500
+    )
+
+
 exception_handlers: ExceptionHandlersMap = {
+    Exception: internal_error,
     HTTPException: http_error,
     OperationalError: database_error,
     DBAPIError: database_error,

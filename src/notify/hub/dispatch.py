@@ -45,25 +45,34 @@ class Dispatcher:
         self._task = asyncio.create_task(self._subscribe(), name="hub-dispatch")
 
     async def _subscribe(self) -> None:
-        await self._bus.ready.wait()
+        """Until it works: a pod whose subscribe failed once must not stay deaf."""
+        while True:
+            await self._bus.ready.wait()
+            try:
+                await self._subscribe_once()
+                log.info("hub consuming %s", STREAM)
+                return
+            except Exception as exc:
+                log.warning("hub: subscribing to %s failed (%s); retrying", STREAM, exc)
+                await asyncio.sleep(1)
+
+    async def _subscribe_once(self) -> None:
         js, nc = self._bus.js, self._bus.nc
         assert nc is not None
-        self._subs.append(
-            await js.subscribe(
-                "notify.>",
-                stream=STREAM,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.NEW,
-                # A lost consumer (NATS restarted) is noticed after two missed heartbeats and
-                # re-created from the last sequence seen: 1 s, not the default 5 s.
-                idle_heartbeat=1.0,
-                cb=self._on_notification,
-                pending_msgs_limit=-1,
-                pending_bytes_limit=-1,
-            )
+        live = await js.subscribe(
+            "notify.>",
+            stream=STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            # A lost consumer (NATS restarted) is noticed after two missed heartbeats and
+            # re-created from the last sequence seen: 1 s, not the default 5 s.
+            idle_heartbeat=1.0,
+            cb=self._on_notification,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
         )
+        self._subs.append(live)
         self._subs.append(await nc.subscribe("notify-events.>", cb=self._on_event))
-        log.info("hub consuming %s", STREAM)
 
     async def _on_notification(self, msg: Msg) -> None:
         tenant, kind, name = subjects.parse_subject(msg.subject)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from notify.core.auth import Principal
@@ -14,31 +12,26 @@ from notify.hub.protocol import Frame
 
 log = logging.getLogger("notify.hub")
 
-Send = Callable[[str], Awaitable[None]]
-Close = Callable[[int, str], Awaitable[None]]
+Close = Callable[[int, str], None]
 UserKey = tuple[str, str]
 ChannelKey = tuple[str, str]
 
 
 @dataclass(eq=False, slots=True)
 class Connection:
-    """One socket. Frames go straight to its transport when notify's protocol serves it,
-    else through a queue drained by a writer task. A reader more than `buffer_limit` bytes
-    behind is a slow consumer: dropped with 1008, never slowing anyone else."""
+    """One socket: frames are written straight to its transport. A reader more than
+    `buffer_limit` bytes behind is a slow consumer, closed with 1008; it never slows
+    anyone else."""
 
     id: str
     principal: Principal
+    transport: asyncio.WriteTransport
     close: Close
     buffer_limit: int
-    transport: asyncio.WriteTransport | None = None  # direct sockets: write frames here
-    send: Send | None = None
     channels: frozenset[str] = frozenset()  # replaced, not mutated: idle sockets share one
     last_seq: int = 0
     # While replaying, live frames wait here so replay and live join without a gap.
     held: list[tuple[int, Frame]] | None = None
-    queue: deque[Frame] | None = None  # the queued path only
-    queued_bytes: int = 0
-    ready: asyncio.Event | None = None
     closing: bool = False
 
     @property
@@ -49,21 +42,10 @@ class Connection:
         if self.closing:
             return
         t = self.transport
-        if t is not None:
-            if t.get_write_buffer_size() > self.buffer_limit:
-                self.drop(1008, "slow consumer")
-            elif not t.is_closing():
-                t.write(frame.wire)
-            return
-        if self.queued_bytes > self.buffer_limit:
+        if t.get_write_buffer_size() > self.buffer_limit:
             self.drop(1008, "slow consumer")
-            return
-        if self.queue is None:
-            self.queue = deque()
-        self.queue.append(frame)
-        self.queued_bytes += len(frame.data)
-        if self.ready is not None:
-            self.ready.set()
+        elif not t.is_closing():
+            t.write(frame.wire)
 
     def push_seq(self, seq: int, frame: Frame) -> None:
         """A numbered notification: held during replay, and never sent twice or out of order."""
@@ -76,26 +58,7 @@ class Connection:
     def drop(self, code: int, reason: str) -> None:
         if not self.closing:
             self.closing = True
-            self.queue = None
-            if self.ready is not None:
-                self.ready.set()
-            asyncio.get_running_loop().create_task(self._close(code, reason))
-
-    async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.close(code, reason)
-
-    async def writer(self) -> None:
-        """The queued path (servers without the raw writer): one task drains the queue."""
-        assert self.send is not None
-        self.ready = ready = asyncio.Event()
-        while not self.closing:
-            await ready.wait()
-            ready.clear()
-            while self.queue and not self.closing:
-                frame = self.queue.popleft()
-                self.queued_bytes -= len(frame.data)
-                await self.send(frame.text)
+            self.close(code, reason)
 
 
 class Hub:
@@ -159,9 +122,7 @@ class Hub:
                 continue
             conn.last_seq = seq
             t = conn.transport
-            if t is None:
-                conn.push(frame)
-            elif t.get_write_buffer_size() > conn.buffer_limit:
+            if t.get_write_buffer_size() > conn.buffer_limit:
                 conn.drop(1008, "slow consumer")
             elif not t.is_closing():
                 t.write(wire)
@@ -183,13 +144,11 @@ class Hub:
             "messages_out": self.messages_out,
         }
 
-    async def close_all(self, code: int, reason: str) -> None:
-        """Close every socket (SIGTERM: 1001, so clients resume on another pod)."""
-        conns = list(self.connections.values())
-        for conn in conns:
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every socket (on shutdown: 1001, so clients resume on another pod)."""
+        for conn in list(self.connections.values()):
             self.remove(conn)
-            conn.closing = True
-        await asyncio.gather(*(conn.close(code, reason) for conn in conns), return_exceptions=True)
+            conn.drop(code, reason)
 
 
 def _discard(index: dict, key: object, conn: Connection) -> None:  # type: ignore[type-arg]

@@ -69,10 +69,6 @@ class Frame:
             self._wire = text_frame(self.data)
         return self._wire
 
-    @property
-    def text(self) -> str:
-        return self.data.decode()
-
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")

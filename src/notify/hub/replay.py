@@ -25,23 +25,28 @@ class ReplayUnavailable(Exception):
 async def missed(
     js: JetStreamContext, subjects: list[str], since: int, limit: int
 ) -> list[tuple[int, Frame]]:
-    """Frames on `subjects` after `since`, oldest first, merged across subjects by seq."""
+    """Frames on `subjects` after `since`, oldest first, merged across subjects by seq.
+
+    Everything is read up to one snapshot of the stream's last sequence: the socket is
+    already registered, so anything later reaches it live (held until replay is done).
+    Reading each subject to its own moment instead could skip a frame between them."""
     state = (await js.stream_info(STREAM)).state
-    if since >= state.last_seq:
+    upto = state.last_seq
+    if since >= upto:
         return []
     if since + 1 < state.first_seq:
         raise ReplayUnavailable(
             f"seq {since} is older than the retained stream (oldest is {state.first_seq})"
         )
-    per_subject = [await _read(js, subject, since + 1, limit) for subject in subjects]
-    merged = list(heapq.merge(*per_subject))
+    per_subject = [await _read(js, subject, since + 1, upto, limit) for subject in subjects]
+    merged = list(heapq.merge(*per_subject, key=lambda item: item[0]))
     if len(merged) > limit:
         raise ReplayUnavailable(f"more than {limit} messages were missed; reload the inbox")
     return merged
 
 
 async def _read(
-    js: JetStreamContext, subject: str, start: int, limit: int
+    js: JetStreamContext, subject: str, start: int, upto: int, limit: int
 ) -> list[tuple[int, Frame]]:
     # Pull consumers need explicit acks on NATS 2.9; ack-all on the last of each batch.
     sub = await js.pull_subscribe(
@@ -55,19 +60,26 @@ async def _read(
             max_ack_pending=BATCH * 4,
         ),
     )
-    info = await sub.consumer_info()
+    name = None
     try:
-        pending = info.num_pending or 0
+        info = await sub.consumer_info()
+        name, pending = info.name, info.num_pending or 0
         frames: list[tuple[int, Frame]] = []
-        while len(frames) < min(pending, limit + 1):
+        fetched = 0
+        while fetched < pending and len(frames) <= limit:
             try:
-                msgs = await sub.fetch(min(BATCH, pending - len(frames)), timeout=2)
+                msgs = await sub.fetch(min(BATCH, pending - fetched), timeout=2)
             except nats.errors.TimeoutError:
                 break
-            frames.extend(frame_of(m) for m in msgs)
+            fetched += len(msgs)
             await msgs[-1].ack()
+            for seq, frame in map(frame_of, msgs):
+                if seq > upto:
+                    return frames
+                frames.append((seq, frame))
         return frames
     finally:
         await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(STREAM, info.name)
+        if name is not None:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(STREAM, name)

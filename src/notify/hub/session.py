@@ -80,14 +80,17 @@ class Session:
         self.inbox: list[str | bytes | int | None] | None = None
         self.worker: asyncio.Task[None] | None = None
 
-    def open(self, since: str | None) -> None:
-        """Welcome first, then register: from here on live frames reach the socket."""
+    def open(self, since: str | None, channels: str | None = None) -> None:
+        """Welcome first, then register: from here on live frames reach the socket.
+        `channels` (comma-separated) are joined before the replay, so `since` covers them."""
         conn = self.conn
         conn.push(proto.welcome(conn.id))
         replay = since is not None and since.isdigit()
         if replay:
             conn.held = []  # live frames wait from the moment we register until replay is done
         self.hub.add(conn)
+        for channel in filter(None, (channels or "").split(",")):
+            self.subscribe(channel)
         self.presence.connected(conn)
         self.arm_expiry(conn.principal.exp)
         if since is None:
@@ -96,6 +99,15 @@ class Session:
             self.feed(int(since))
         else:
             conn.push(proto.error("invalid_message", "since must be a non-negative integer"))
+
+    def subscribe(self, channel: str) -> None:
+        conn = self.conn
+        if channel not in conn.principal.channels:
+            message = f"channel {channel!r} is not in this token's channels"
+            conn.push(proto.error("forbidden_channel", message))
+            return
+        self.hub.join(conn, channel)
+        conn.push(proto.channel_ack("subscribed", channel))
 
     def feed(self, item: str | bytes | int | None) -> None:
         """A client message (or an initial `since`), handled in arrival order. The rate limit
@@ -160,8 +172,9 @@ class Session:
                     conn.push(frame)
         except ReplayUnavailable as exc:
             conn.push(proto.error("replay_unavailable", str(exc)))
-        except (ConnectionError, TimeoutError, OSError) as exc:
-            conn.push(proto.error("unavailable", f"replay failed: {exc}; reload the inbox"))
+        except Exception as exc:  # NATS down, stream lost, …: say so, keep the socket
+            log.warning("replay failed: %s", exc)
+            conn.push(proto.error("unavailable", "replay failed; reload the inbox"))
         finally:
             held, conn.held = conn.held or [], None
             for seq, frame in held:
@@ -183,17 +196,8 @@ class Session:
             case proto.MarkRead(notification_id=nid):
                 await self.mark_read(nid)
             case proto.SubscribeChannel(channel=channel):
-                if channel not in conn.principal.channels:
-                    conn.push(
-                        proto.error(
-                            "forbidden_channel",
-                            f"channel {channel!r} is not in this token's channels",
-                        )
-                    )
-                    return
-                hub.join(conn, channel)
+                self.subscribe(channel)
                 self.presence.channels_changed(conn)
-                conn.push(proto.channel_ack("subscribed", channel))
             case proto.UnsubscribeChannel(channel=channel):
                 hub.leave(conn, channel)
                 self.presence.channels_changed(conn)
@@ -218,6 +222,7 @@ class Session:
         for channel in conn.channels - fresh.channels:  # no longer allowed by the new token
             self.hub.leave(conn, channel)
             conn.push(proto.channel_ack("unsubscribed", channel))
+            self.presence.channels_changed(conn)
         self.arm_expiry(fresh.exp)
         conn.push(proto.refreshed(fresh.exp))
 

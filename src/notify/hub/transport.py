@@ -77,16 +77,13 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
         conn = Connection(
             str(uuid7()),
             principal,
-            self._close,
+            self.transport,
+            self.close_socket,
             state.settings.ws_send_buffer,
-            transport=self.transport,
         )
         self.session = Session(state, conn)
-        since = query.get("since")
-        self.session.open(since[0] if since else None)
-
-    async def _close(self, code: int, reason: str) -> None:
-        self.close_socket(code, reason)
+        since, channels = query.get("since"), query.get("channels")
+        self.session.open(since[0] if since else None, channels[0] if channels else None)
 
     def close_socket(self, code: int, reason: str) -> None:
         """Start the closing handshake; the transport goes when the peer answers or in 10 s."""

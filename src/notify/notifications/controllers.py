@@ -10,11 +10,12 @@ from advanced_alchemy.extensions.litestar.providers import create_service_provid
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import PermissionDeniedException
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
-from notify.core.auth import Principal, service_or_admin
-from notify.core.errors import Forbidden, Invalid
+from notify.core.auth import ANY_TENANT, Principal, service_or_admin
+from notify.core.errors import Invalid
 from notify.hub.events import publish_read
 from notify.notifications.queries import CursorError, InboxFilter
 from notify.notifications.schemas import (
@@ -54,11 +55,14 @@ provide_service = create_service_provider(NotificationService)
 def resolve_tenant(p: Principal, requested: str | None) -> str:
     """The tenant a creation targets: the token's, or any for a `*` service token."""
     if p.any_tenant:
-        if not requested:
-            raise Invalid("tenant_id", "required with a service token for any tenant ('*')")
+        if not requested or requested == ANY_TENANT:
+            raise Invalid(
+                "tenant_id",
+                "required with a service token for any tenant ('*'), and must name one tenant",
+            )
         return requested
     if requested and requested != p.tenant_id:
-        raise Forbidden(detail="tenant_id must be the token's tenant")
+        raise PermissionDeniedException(detail="tenant_id must be the token's tenant")
     return p.tenant_id
 
 
@@ -98,7 +102,9 @@ class NotificationController(Controller):
         tenant = resolve_tenant(p, data.tenant_id)
         user = data.user_id or p.sub
         if user != p.sub and not p.is_privileged:
-            raise Forbidden(detail="only admin or service tokens may set user_id to another user")
+            raise PermissionDeniedException(
+                detail="only admin or service tokens may set user_id to another user"
+            )
         if user == p.sub and p.any_tenant and not data.user_id:
             raise Invalid("user_id", "required with a service token for any tenant ('*')")
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from notify.core.bus import Bus
 from notify.core.models import utcnow
@@ -27,7 +27,6 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._skip_locked = engine.dialect.name == "postgresql"
-        self.published = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -57,35 +56,45 @@ class OutboxRelay:
 
     async def drain_once(self) -> int:
         """Publish one batch; rows go only after JetStream acknowledged them."""
-        async with self._sessions() as session, session.begin():
-            stmt = select(OutboxMessage).order_by(OutboxMessage.id).limit(self._batch)
-            if self._skip_locked:
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = list(await session.scalars(stmt))
+        async with self._sessions() as session:
+            async with session.begin():
+                stmt = select(OutboxMessage).order_by(OutboxMessage.id).limit(self._batch)
+                if self._skip_locked:
+                    stmt = stmt.with_for_update(skip_locked=True)
+                rows = list(await session.scalars(stmt))
+                if self._skip_locked and rows:
+                    # PostgreSQL: only these rows stay locked (other pods skip them) meanwhile.
+                    await self._publish(rows)
+                    await self._settle(session, rows)
+                    return len(rows)
             if not rows:
                 return 0
-            await asyncio.gather(
-                *(
-                    self._bus.publish(r.subject, r.payload, msg_id=str(r.notification_id))
-                    for r in rows
-                )
-            )
-            ids = [r.notification_id for r in rows]
-            await session.execute(
-                delete(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])),
-                execution_options={"synchronize_session": False},
-            )
-            await session.execute(
-                update(NotificationDelivery)
-                .where(
-                    NotificationDelivery.notification_id.in_(ids),
-                    NotificationDelivery.channel == "websocket",
-                    NotificationDelivery.status == "pending",
-                )
-                .values(
-                    status="sent", attempts=NotificationDelivery.attempts + 1, updated_at=utcnow()
-                ),
-                execution_options={"synchronize_session": False},
-            )
-        self.published += len(rows)
+            # SQLite: a transaction locks the whole database, so publish outside it; a
+            # second publish of the same notification is de-duplicated by its message id.
+            await self._publish(rows)
+            async with session.begin():
+                await self._settle(session, rows)
         return len(rows)
+
+    async def _publish(self, rows: list[OutboxMessage]) -> None:
+        await asyncio.gather(
+            *(self._bus.publish(r.subject, r.payload, msg_id=str(r.notification_id)) for r in rows)
+        )
+
+    async def _settle(self, session: AsyncSession, rows: list[OutboxMessage]) -> None:
+        """Published: the rows go, and their websocket deliveries become sent."""
+        sync = {"synchronize_session": False}
+        await session.execute(
+            delete(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])),
+            execution_options=sync,
+        )
+        await session.execute(
+            update(NotificationDelivery)
+            .where(
+                NotificationDelivery.notification_id.in_([r.notification_id for r in rows]),
+                NotificationDelivery.channel == "websocket",
+                NotificationDelivery.status == "pending",
+            )
+            .values(status="sent", attempts=NotificationDelivery.attempts + 1, updated_at=utcnow()),
+            execution_options=sync,
+        )

@@ -52,8 +52,11 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, id_ = msgspec.json.decode(raw, type=tuple[str, str])
-        return dt.datetime.fromisoformat(created), UUID(id_)
-    except (ValueError, msgspec.DecodeError, TypeError):
+        at = dt.datetime.fromisoformat(created)
+        if at.tzinfo is None:
+            raise ValueError("naive datetime")
+        return at.astimezone(dt.UTC), UUID(id_)
+    except (ValueError, OverflowError, msgspec.DecodeError, TypeError):
         raise CursorError("cursor is not valid; pass next_cursor from the previous page") from None
 
 

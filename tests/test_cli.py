@@ -717,3 +717,12 @@ def test_environment_wins_over_generated(tmp_path: Path) -> None:
     )
     assert s.jwt_secret_key == SECRET
     assert (s.vapid_public_key, s.vapid_private_key) == (public2, private2)
+
+
+def test_migrate_on_a_fresh_machine_creates_the_default_data_dir(tmp_path: Path) -> None:
+    """No DATABASE_URL, no .notify/ yet: the default SQLite file and its folder appear."""
+    first = run(["migrate"], clean_env(), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / ".notify" / "notify.db").is_file()
+    again = run(["migrate"], clean_env(), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr

@@ -243,3 +243,14 @@ async def test_broadcast_nul_in_user_id(service: httpx.AsyncClient) -> None:
 
 async def test_broadcast_bad_channel_name(service: httpx.AsyncClient) -> None:
     assert_bad(await service.post(BROADCAST, json={**BODY, "channel": "no spaces"}), "channel")
+
+
+async def test_cursor_with_a_time_but_no_zone_is_refused(alice) -> None:
+    import base64
+    import uuid
+
+    raw = f'["2024-01-01T00:00:00","{uuid.uuid4()}"]'.encode()
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    r = await alice.get("/api/v1/notifications", params={"cursor": cursor})
+    assert r.status_code == 422, r.text
+    assert "cursor" in r.text

@@ -704,3 +704,27 @@ async def test_connections_table_has_a_row_per_open_socket(server: Server, tenan
         assert await poll(rows, lambda r: not r) == []
     finally:
         await engine.dispose()
+
+
+async def test_channels_at_connect_are_covered_by_since(server: Server, tenant: str) -> None:
+    """`?channels=` joins before the replay, so a reconnect also gets the channel's gap."""
+    token = server.token("carol", tenant, channels=["ops"])
+    async with server.client("svc", tenant, ["service"]) as svc:
+        async with ws_open(server.port, token) as ws:
+            await send(ws, "subscribe_channel", channel="ops")
+            assert (await recv_json(ws))["type"] == "subscribed"
+            first = await broadcast(svc, "before", channel="ops")
+            [seen] = await recv_notifications(ws, 1)
+            assert seen["data"]["id"] == first
+        missed = [await broadcast(svc, f"gap{i}", channel="ops") for i in range(2)]
+        missed.append(await broadcast(svc, "tenant-wide", broadcast_to_tenant=True))
+        url = ws_url(server.port, token, since=seen["seq"]) + "&channels=ops,secret"
+        async with connect(url, open_timeout=WAIT) as ws:
+            types = [(await recv_json(ws))["type"] for _ in range(3)]
+            assert types == ["welcome", "subscribed", "error"], types
+            replayed = await recv_notifications(ws, 3)
+            assert [f["data"]["id"] for f in replayed] == missed
+            seqs = [f["seq"] for f in replayed]
+            assert seqs == sorted(seqs) and seqs[0] > seen["seq"]
+            live = await broadcast(svc, "live", channel="ops")
+            await assert_next_is(ws, live)

@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -728,3 +729,51 @@ async def test_channels_at_connect_are_covered_by_since(server: Server, tenant: 
             assert seqs == sorted(seqs) and seqs[0] > seen["seq"]
             live = await broadcast(svc, "live", channel="ops")
             await assert_next_is(ws, live)
+
+
+@pytest.fixture(scope="module")
+def fast_heartbeat_pod(
+    server: Server, nats_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    with pod(
+        server.backend, nats_url, tmp_path_factory.mktemp("beat"), NOTIFY_WS_HEARTBEAT="0.3"
+    ) as srv:
+        yield srv
+
+
+async def test_connection_rows_survive_other_pods_cleanup_and_dead_pods_go(
+    fast_heartbeat_pod: Server, tenant: str
+) -> None:
+    """A pod whose rows were removed (it looked dead during a database outage) writes them
+    again; rows of a pod that stopped refreshing are removed by the live one."""
+    srv = fast_heartbeat_pod
+    engine = db.create_engine(srv.settings)
+
+    async def pods() -> list[str]:
+        async with engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT pod_id FROM websocket_connections WHERE tenant_id = :t"),
+                {"t": tenant},
+            )
+            return sorted(r[0] for r in result)
+
+    try:
+        async with ws_open(srv.port, srv.token("alice", tenant)):
+            assert await poll(pods, lambda p: p == [srv.settings.pod_id])
+            async with engine.begin() as conn:
+                await conn.execute(text("DELETE FROM websocket_connections"))
+                await conn.execute(
+                    text(
+                        "INSERT INTO websocket_connections (id, tenant_id, user_id, pod_id,"
+                        " channels, last_seen_at, created_at, updated_at) VALUES (:id, :t,"
+                        " 'ghost', 'dead-pod', '[]', :old, :old, :old)"
+                    ),
+                    {
+                        "id": uuid.uuid4().hex if srv.backend == "sqlite" else uuid.uuid4(),
+                        "t": tenant,
+                        "old": dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+                    },
+                )
+            assert await poll(pods, lambda p: p == [srv.settings.pod_id])
+    finally:
+        await engine.dispose()

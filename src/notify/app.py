@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     ingest = IngestConsumer(settings, engine, bus, relay)
     hub = Hub(settings.ws_max_per_user)
     dispatcher = Dispatcher(bus, hub)
-    presence = Presence(engine, settings.pod_id)
+    presence = Presence(engine, settings.pod_id, hub, settings.ws_heartbeat)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

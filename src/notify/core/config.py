@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_ping_interval: float = 20.0  # NOTIFY_WS_PING_INTERVAL seconds (dead peers dropped)
     ws_rate: float = 20.0  # NOTIFY_WS_RATE client messages per second (burst twice that)
     ws_replay_limit: int = 10000  # NOTIFY_WS_REPLAY_LIMIT most messages replayed at once
+    ws_heartbeat: float = 10.0  # NOTIFY_WS_HEARTBEAT s; silent pods' rows go after 3 beats
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -100,6 +101,7 @@ ENV_FIELDS: dict[str, str] = {
     "NOTIFY_WS_PING_INTERVAL": "ws_ping_interval",
     "NOTIFY_WS_RATE": "ws_rate",
     "NOTIFY_WS_REPLAY_LIMIT": "ws_replay_limit",
+    "NOTIFY_WS_HEARTBEAT": "ws_heartbeat",
 }
 FIELD_ENVS = {field: env for env, field in ENV_FIELDS.items()}
 # Values `notify dev` generates into <data_dir>/secrets.json; the environment wins over them.
@@ -164,9 +166,9 @@ def _check(s: Settings) -> None:
     for name in ("ws_max_per_user", "ws_send_buffer", "ws_max_frame", "ws_replay_limit"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{FIELD_ENVS[name]}: must be at least 1")
-    if s.ws_rate <= 0 or s.ws_ping_interval <= 0:
-        name = "ws_rate" if s.ws_rate <= 0 else "ws_ping_interval"
-        raise SettingsError(f"{FIELD_ENVS[name]}: must be positive")
+    for name in ("ws_rate", "ws_ping_interval", "ws_heartbeat"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{FIELD_ENVS[name]}: must be positive")
     if s.retention_days < 1:
         raise SettingsError("NOTIFY_RETENTION_DAYS: must be at least 1")
     if s.jwt_algorithm != "HS256" and s.jwt_public_key:

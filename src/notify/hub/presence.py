@@ -13,7 +13,7 @@ from sqlalchemy import Table, delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notify.core.models import utcnow
-from notify.hub.hub import Connection
+from notify.hub.hub import Connection, Hub
 from notify.hub.models import WebSocketConnection
 
 log = logging.getLogger("notify.hub.presence")
@@ -23,8 +23,9 @@ T = cast(Table, WebSocketConnection.__table__)
 class Presence:
     """Connects and disconnects are written in batches, off the socket's path."""
 
-    def __init__(self, engine: AsyncEngine, pod_id: str, heartbeat: float = 10.0) -> None:
+    def __init__(self, engine: AsyncEngine, pod_id: str, hub: Hub, heartbeat: float = 10.0) -> None:
         self._engine = engine
+        self._hub = hub
         self._pod = pod_id
         self._heartbeat = heartbeat
         self._added: dict[UUID, dict[str, Any]] = {}
@@ -34,9 +35,12 @@ class Presence:
         self._task: asyncio.Task[None] | None = None
 
     def connected(self, conn: Connection) -> None:
-        now = utcnow()
-        p = conn.principal
-        self._added[UUID(conn.id)] = {
+        self._added[UUID(conn.id)] = self._row(conn)
+        self._wake.set()
+
+    def _row(self, conn: Connection) -> dict[str, Any]:
+        now, p = utcnow(), conn.principal
+        return {
             "id": UUID(conn.id),
             "tenant_id": p.tenant_id,
             "user_id": p.sub,
@@ -46,7 +50,6 @@ class Presence:
             "created_at": now,
             "updated_at": now,
         }
-        self._wake.set()
 
     def channels_changed(self, conn: Connection) -> None:
         key = UUID(conn.id)
@@ -102,11 +105,19 @@ class Presence:
             raise
 
     async def _beat(self) -> None:
-        """Refresh our rows; remove rows of pods that stopped refreshing (crashed)."""
+        """Refresh our rows; remove rows of pods that stopped refreshing (crashed). If ours
+        were removed while we could not reach the database, write them again."""
         now = utcnow()
         stale = now - dt.timedelta(seconds=self._heartbeat * 3)
+        live = [c for c in self._hub.connections.values() if UUID(c.id) not in self._added]
         async with self._engine.begin() as conn:
-            await conn.execute(update(T).where(T.c.pod_id == self._pod).values(last_seen_at=now))
+            seen = await conn.execute(
+                update(T).where(T.c.pod_id == self._pod).values(last_seen_at=now)
+            )
+            if live and seen.rowcount < len(live):
+                log.warning("presence: our rows were gone; writing %d again", len(live))
+                await conn.execute(delete(T).where(T.c.pod_id == self._pod))
+                await conn.execute(insert(T), [self._row(c) for c in live])
             gone = await conn.execute(
                 delete(T).where(T.c.pod_id != self._pod, T.c.last_seen_at < stale)
             )

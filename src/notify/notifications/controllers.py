@@ -32,12 +32,8 @@ from notify.notifications.schemas import (
     TypeName,
     UnreadCount,
 )
-from notify.notifications.service import (
-    ENCODER,
-    NotificationService,
-    Target,
-    broadcast_targets,
-)
+from notify.notifications.service import ENCODER, NotificationService
+from notify.notifications.targets import Target, broadcast_targets
 
 IdempotencyKey = Annotated[
     str | None,

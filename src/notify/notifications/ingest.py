@@ -33,7 +33,8 @@ from notify.core.errors import Conflict, Invalid
 from notify.core.models import utcnow
 from notify.notifications.outbox import OutboxRelay
 from notify.notifications.schemas import BroadcastCreate, BroadcastResult
-from notify.notifications.service import ENCODER, NotificationService, broadcast_targets
+from notify.notifications.service import ENCODER, NotificationService
+from notify.notifications.targets import broadcast_targets
 
 log = logging.getLogger("notify.ingest")
 

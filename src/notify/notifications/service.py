@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -17,10 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
-from notify.core import bus
 from notify.core.auth import Principal
 from notify.core.db import metadata
-from notify.core.errors import Conflict, Invalid, NotFound
+from notify.core.errors import Conflict, NotFound
 from notify.core.models import utcnow
 from notify.notifications import queries
 from notify.notifications.models import (
@@ -31,7 +29,6 @@ from notify.notifications.models import (
     OutboxMessage,
 )
 from notify.notifications.schemas import (
-    BroadcastCreate,
     BroadcastResult,
     DeliveryList,
     DeliveryOut,
@@ -39,32 +36,10 @@ from notify.notifications.schemas import (
     NotificationOut,
     NotificationPage,
 )
+from notify.notifications.targets import Target, initial_delivery
 from notify.ops.models import AuditEntry
 
 ENCODER = msgspec.json.Encoder()
-# Channels with no sender in this process yet: recorded as skipped, never left pending.
-EXTERNAL_CHANNELS = ("push", "email", "sms")
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Whom one notification is for."""
-
-    tenant_id: str
-    user_id: str | None = None
-    channel: str | None = None
-
-    @property
-    def audience(self) -> str:
-        return "user" if self.user_id else "channel" if self.channel else "tenant"
-
-    @property
-    def subject(self) -> str:
-        if self.user_id:
-            return bus.user_subject(self.tenant_id, self.user_id)
-        if self.channel:
-            return bus.channel_subject(self.tenant_id, self.channel)
-        return bus.tenant_subject(self.tenant_id)
 
 
 class NotificationRepository(SQLAlchemyAsyncRepository[Notification]):
@@ -127,7 +102,7 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
             },
         )
         for channel in out.channels:
-            status, error = _initial_delivery(channel, target)
+            status, error = initial_delivery(channel, target)
             self._stage(
                 NotificationDelivery,
                 {
@@ -362,44 +337,6 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
             p, m["tenant_id"], "notification.delete", str(notification_id), audience=m["audience"]
         )
         await self.db.commit()
-
-
-def broadcast_targets(data: BroadcastCreate, tenant: str) -> list[Target]:
-    chosen = [
-        name
-        for name, on in (
-            ("user_id", data.user_id is not None),
-            ("user_ids", data.user_ids is not None),
-            ("broadcast_to_tenant", data.broadcast_to_tenant),
-            ("channel", data.channel is not None),
-        )
-        if on
-    ]
-    if len(chosen) != 1:
-        raise Invalid(
-            "target",
-            "give exactly one of user_id, user_ids, broadcast_to_tenant, "
-            f"channel (got {', '.join(chosen) or 'none'})",
-        )
-    if data.user_id is not None:
-        return [Target(tenant, user_id=data.user_id)]
-    if data.user_ids is not None:
-        return [Target(tenant, user_id=u) for u in dict.fromkeys(data.user_ids)]
-    if data.channel is not None:
-        return [Target(tenant, channel=data.channel)]
-    return [Target(tenant)]
-
-
-def _initial_delivery(channel: str, target: Target) -> tuple[str, str | None]:
-    """A delivery's first state: in-app is delivered by being stored; websocket waits for
-    the bus; channels without a sender here are skipped, never left pending."""
-    if channel == "in_app":
-        if target.audience == "channel":
-            return "skipped", "channel notifications are not in inboxes"
-        return "sent", None
-    if channel in EXTERNAL_CHANNELS:
-        return "skipped", f"{channel} delivery is not configured on this server"
-    return "pending", None
 
 
 def _replay(stored: IdempotencyKey, digest: str) -> tuple[int, bytes]:

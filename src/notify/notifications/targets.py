@@ -1,0 +1,71 @@
+"""Whom a notification is for (user, tenant or channel), its subject, and first delivery states."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from notify.core import bus
+from notify.core.errors import Invalid
+from notify.notifications.schemas import BroadcastCreate
+
+# Channels with no sender in this process yet: recorded as skipped, never left pending.
+EXTERNAL_CHANNELS = ("push", "email", "sms")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Whom one notification is for."""
+
+    tenant_id: str
+    user_id: str | None = None
+    channel: str | None = None
+
+    @property
+    def audience(self) -> str:
+        return "user" if self.user_id else "channel" if self.channel else "tenant"
+
+    @property
+    def subject(self) -> str:
+        if self.user_id:
+            return bus.user_subject(self.tenant_id, self.user_id)
+        if self.channel:
+            return bus.channel_subject(self.tenant_id, self.channel)
+        return bus.tenant_subject(self.tenant_id)
+
+
+def broadcast_targets(data: BroadcastCreate, tenant: str) -> list[Target]:
+    chosen = [
+        name
+        for name, on in (
+            ("user_id", data.user_id is not None),
+            ("user_ids", data.user_ids is not None),
+            ("broadcast_to_tenant", data.broadcast_to_tenant),
+            ("channel", data.channel is not None),
+        )
+        if on
+    ]
+    if len(chosen) != 1:
+        raise Invalid(
+            "target",
+            "give exactly one of user_id, user_ids, broadcast_to_tenant, "
+            f"channel (got {', '.join(chosen) or 'none'})",
+        )
+    if data.user_id is not None:
+        return [Target(tenant, user_id=data.user_id)]
+    if data.user_ids is not None:
+        return [Target(tenant, user_id=u) for u in dict.fromkeys(data.user_ids)]
+    if data.channel is not None:
+        return [Target(tenant, channel=data.channel)]
+    return [Target(tenant)]
+
+
+def initial_delivery(channel: str, target: Target) -> tuple[str, str | None]:
+    """A delivery's first state: in-app is delivered by being stored; websocket waits for
+    the bus; channels without a sender here are skipped, never left pending."""
+    if channel == "in_app":
+        if target.audience == "channel":
+            return "skipped", "channel notifications are not in inboxes"
+        return "sent", None
+    if channel in EXTERNAL_CHANNELS:
+        return "skipped", f"{channel} delivery is not configured on this server"
+    return "pending", None

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Server, backends, database, make_settings, nats_server, new_tenant
+from tests.harness import Server, backends, nats_server, new_tenant, serving
 
 
 @pytest.fixture(scope="session")
@@ -22,12 +22,8 @@ def server(
     request: pytest.FixtureRequest, nats_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp(f"server-{request.param}")
-    with database(request.param, tmp) as url:
-        srv = Server(make_settings(url, nats_url, tmp), backend=request.param).start()
-        try:
-            yield srv
-        finally:
-            srv.stop()
+    with serving(request.param, nats_url, tmp) as srv:
+        yield srv
 
 
 @pytest.fixture

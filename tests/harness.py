@@ -158,6 +158,17 @@ class Server:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
 
 
+@contextlib.contextmanager
+def serving(backend: str, nats_url: str, tmp: Path, **env: str) -> Iterator[Server]:
+    """A fresh, migrated database with a server on it; stopped and dropped afterwards."""
+    with database(backend, tmp) as url:
+        srv = Server(make_settings(url, nats_url, tmp, **env), backend=backend).start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
 def new_tenant() -> str:
     """Every test works in its own tenant, so tests never see each other's rows."""
     return f"t-{uuid.uuid4().hex[:10]}"

@@ -26,7 +26,7 @@ from notify.core.embedded import EmbeddedNats
 from notify.notifications import ingest
 from notify.notifications.ingest import IngestConsumer, Rejected
 from notify.notifications.outbox import OutboxRelay
-from tests.harness import Server, backends, database, make_settings
+from tests.harness import Server, backends, serving
 from tests.test_outbox import fetch_subject
 
 API = "/api/v1/notifications"
@@ -97,12 +97,8 @@ def server(
 ) -> Iterator[Server]:
     """conftest's `server`, on the private nats-server (one backend at a time, like it)."""
     tmp = tmp_path_factory.mktemp(f"ingest-server-{request.param}")
-    with database(request.param, tmp) as url:
-        srv = Server(make_settings(url, nats_url, tmp), backend=request.param).start()
-        try:
-            yield srv
-        finally:
-            srv.stop()
+    with serving(request.param, nats_url, tmp) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from notify.core import db
 from notify.core.bus import STREAM
 from notify.core.embedded import EmbeddedNats
-from tests.harness import JWT_SECRET, Server, database, make_settings, new_tenant
+from tests.harness import JWT_SECRET, Server, new_tenant, serving
 
 API = "/api/v1/notifications"
 BROADCAST = "/internal/broadcast"
@@ -161,12 +161,8 @@ async def stream_state(nats_url: str) -> Any:
 @contextlib.contextmanager
 def pod(backend: str, nats_url: str, tmp: Path, **env: str) -> Iterator[Server]:
     """A dedicated API pod (own database) for tests that need their own settings."""
-    with database(backend, tmp) as url:
-        srv = Server(make_settings(url, nats_url, tmp, **env), backend=backend).start()
-        try:
-            yield srv
-        finally:
-            srv.stop()
+    with serving(backend, nats_url, tmp, **env) as srv:
+        yield srv
 
 
 def tcp_send_buffer_max() -> int:

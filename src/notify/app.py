@@ -31,6 +31,7 @@ from notify.notifications.ingest import IngestConsumer
 from notify.notifications.outbox import OutboxRelay
 from notify.ops.docs import docs
 from notify.ops.health import health
+from notify.push.controllers import PushController, service_worker
 
 MAX_BODY_BYTES = 64 * 1024
 PUBLIC_PATHS = [
@@ -79,6 +80,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             NotificationController,
             BroadcastController,
+            PushController,
+            service_worker,
             health,
             docs,
             ws_status,

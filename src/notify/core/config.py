@@ -42,6 +42,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_ping_interval: float = 20.0  # NOTIFY_WS_PING_INTERVAL seconds (dead peers dropped)
     ws_rate: float = 20.0  # NOTIFY_WS_RATE client messages per second (burst twice that)
     ws_replay_limit: int = 10000  # NOTIFY_WS_REPLAY_LIMIT most messages replayed at once
+    push_allow_http: bool = False  # NOTIFY_PUSH_ALLOW_HTTP: http endpoints (tests, local peers)
+    push_max_subscriptions: int = 20  # NOTIFY_PUSH_MAX_SUBSCRIPTIONS active ones per user
     ws_heartbeat: float = 10.0  # NOTIFY_WS_HEARTBEAT s; silent pods' rows go after 3 beats
 
     @property
@@ -102,6 +104,8 @@ ENV_FIELDS: dict[str, str] = {
     "NOTIFY_WS_RATE": "ws_rate",
     "NOTIFY_WS_REPLAY_LIMIT": "ws_replay_limit",
     "NOTIFY_WS_HEARTBEAT": "ws_heartbeat",
+    "NOTIFY_PUSH_ALLOW_HTTP": "push_allow_http",
+    "NOTIFY_PUSH_MAX_SUBSCRIPTIONS": "push_max_subscriptions",
 }
 FIELD_ENVS = {field: env for env, field in ENV_FIELDS.items()}
 # Values `notify dev` generates into <data_dir>/secrets.json; the environment wins over them.
@@ -163,7 +167,13 @@ def _check(s: Settings) -> None:
         raise SettingsError("NOTIFY_DB_POOL_SIZE: must be at least 1")
     if s.stream_retention_days <= 0:
         raise SettingsError("NOTIFY_STREAM_RETENTION_DAYS: must be positive")
-    for name in ("ws_max_per_user", "ws_send_buffer", "ws_max_frame", "ws_replay_limit"):
+    for name in (
+        "ws_max_per_user",
+        "ws_send_buffer",
+        "ws_max_frame",
+        "ws_replay_limit",
+        "push_max_subscriptions",
+    ):
         if getattr(s, name) < 1:
             raise SettingsError(f"{FIELD_ENVS[name]}: must be at least 1")
     for name in ("ws_rate", "ws_ping_interval", "ws_heartbeat"):

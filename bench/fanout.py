@@ -57,8 +57,8 @@ from bench.rest import (
     log,
     migrate,
     percentile,
-    pinning_available,
     port_open,
+    resolve_pinning,
     server_env,
     tail,
     token,
@@ -959,12 +959,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"more than {MAX_SOCKETS_PER_USER} sockets per user: the server would replace "
             "the oldest (4008); raise --users"
         )
-    if args.no_pin or not pinning_available():
-        args.cpu_server = args.cpu_client = None
-    else:
-        first, second = sorted(os.sched_getaffinity(0))[:2]
-        args.cpu_server = first if args.cpu_server is None else args.cpu_server
-        args.cpu_client = second if args.cpu_client is None else args.cpu_client
+    resolve_pinning(args)
     return args
 
 

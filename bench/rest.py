@@ -460,6 +460,16 @@ def git(*command: str) -> str | None:
 # --------------------------------------------------------------------------- CLI and output
 
 
+def resolve_pinning(args: argparse.Namespace) -> None:
+    """Server on the first usable core and load generator on the second, unless told."""
+    if args.no_pin or not pinning_available():
+        args.cpu_server = args.cpu_client = None
+    else:
+        first, second = sorted(os.sched_getaffinity(0))[:2]
+        args.cpu_server = first if args.cpu_server is None else args.cpu_server
+        args.cpu_client = second if args.cpu_client is None else args.cpu_client
+
+
 def pinning_available() -> bool:
     return len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
 
@@ -498,12 +508,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("creates", "concurrency", "list_requests", "users"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.no_pin or not pinning_available():
-        args.cpu_server = args.cpu_client = None
-    else:
-        first, second = sorted(os.sched_getaffinity(0))[:2]
-        args.cpu_server = first if args.cpu_server is None else args.cpu_server
-        args.cpu_client = second if args.cpu_client is None else args.cpu_client
+    resolve_pinning(args)
     return args
 
 

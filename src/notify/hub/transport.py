@@ -3,7 +3,6 @@ pre-framed bytes written straight to the transport (the hub's hot path)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,7 +14,6 @@ from websockets.protocol import Protocol
 
 from notify.core.auth import TokenError, decode_token
 
-log = logging.getLogger("notify.hub.transport")
 HUB_PATH = "/ws/notify"
 CLOSE_TIMEOUT = 10.0
 
@@ -64,6 +62,7 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
         self._open(parse_qs(target.query))
 
     def _open(self, query: dict[str, list[str]]) -> None:
+        # Imported here: the hub's modules import text_frame from this one.
         from notify.hub.hub import Connection
         from notify.hub.session import Session
 

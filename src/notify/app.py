@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
@@ -44,7 +46,11 @@ PUBLIC_PATHS = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+# Runs beside the API until the event is set (`notify dev` runs the worker this way).
+Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def create_app(settings: Settings | None = None, background: Sequence[Background] = ()) -> Litestar:
     settings = settings or load_settings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -65,9 +71,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ingest.start()
         dispatcher.start()
         presence.start()
+        stop = asyncio.Event()
+        extra = [asyncio.create_task(run(stop)) for run in background]
         try:
             yield
         finally:
+            stop.set()
+            await asyncio.gather(*extra, return_exceptions=True)
             hub.close_all(1001, "server going away")
             await presence.stop()
             await dispatcher.stop()

@@ -1,13 +1,16 @@
-"""The `notify` command: dev | serve | migrate | token | vapid (worker, scheduler: later)."""
+"""The `notify` command: dev | serve | worker | migrate | token | vapid."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
+import logging
 import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from notify.core.config import Settings, SettingsError, load_settings
@@ -20,21 +23,58 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(overrides=overrides)
 
 
-def _serve(settings: Settings, host: str, port: int) -> None:
-    from notify.app import create_app
+def _serve(settings: Settings, host: str, port: int, *, with_workers: bool = False) -> None:
+    from notify.app import Background, create_app
     from notify.server import build_server
 
-    build_server(create_app(settings), settings, host, port).run()
+    background: list[Background] = []
+    if with_workers:
+        from notify.delivery.worker import run_worker
+
+        background.append(functools.partial(run_worker, settings))
+    build_server(create_app(settings, background), settings, host, port).run()
+
+
+def _until_signal(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `run(stop)`; SIGINT/SIGTERM set `stop` so it can finish what is in flight."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(stop)
+
+    asyncio.run(main())
+
+
+def _migrated(settings: Settings, command: str) -> bool:
+    from notify.core import db
+
+    problem = db.check_migrated(settings)
+    if problem:
+        print(f"notify {command}: {problem}", file=sys.stderr)
+    return problem is None
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from notify.delivery.worker import run_worker
+
+    settings = _settings(args)
+    if not _migrated(settings, "worker"):
+        return 1
+    _warn_push(settings)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _until_signal(functools.partial(run_worker, settings))
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from notify.core import db
-
     settings = _settings(args)
     settings.jwt_verify_key  # noqa: B018  (fails early, naming the setting)
-    problem = db.check_migrated(settings)
-    if problem:
-        print(f"notify serve: {problem}", file=sys.stderr)
+    if not _migrated(settings, "serve"):
         return 1
     _warn_push(settings)
     _serve(settings, args.host, args.port)
@@ -115,7 +155,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"\n  data:      {data_dir}\n  dev token: {token}",
             flush=True,
         )
-        _serve(settings, args.host, args.port)
+        _serve(settings, args.host, args.port, with_workers=True)
     finally:
         if nats is not None:
             nats.stop()
@@ -139,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8003)
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", parents=[common], help="delivery worker (Taskiq on NATS)")
+    worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser("migrate", parents=[common], help="apply migrations")
     migrate.set_defaults(func=cmd_migrate)

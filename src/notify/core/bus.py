@@ -11,7 +11,7 @@ import re
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError
 
 from notify.core.config import Settings
@@ -20,6 +20,9 @@ log = logging.getLogger("notify.bus")
 
 STREAM = "NOTIFY"
 STREAM_SUBJECTS = ["notify.*.user.*", "notify.*.all", "notify.*.channel.*"]
+# Work for the delivery workers (Taskiq messages): a work queue, each message taken once.
+TASKS_STREAM = "NOTIFY_TASKS"
+TASKS_SUBJECT = "notify.tasks"
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -63,6 +66,16 @@ def tenant_subject(tenant_id: str) -> str:
 
 def channel_subject(tenant_id: str, channel: str) -> str:
     return f"notify.{token(tenant_id)}.channel.{token(channel)}"
+
+
+def tasks_stream_config() -> StreamConfig:
+    return StreamConfig(
+        name=TASKS_STREAM,
+        subjects=[TASKS_SUBJECT],
+        retention=RetentionPolicy.WORK_QUEUE,
+        max_age=7 * 86400,
+        duplicate_window=120.0,
+    )
 
 
 class Bus:
@@ -139,10 +152,11 @@ class Bus:
         )
         js = self._js
         assert js is not None
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)
+        for cfg in (config, tasks_stream_config()):
+            try:
+                await js.add_stream(cfg)
+            except BadRequestError:
+                await js.update_stream(cfg)
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
         """Publish to JetStream, de-duplicated by msg_id; returns the stream sequence."""

@@ -45,6 +45,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     push_allow_http: bool = False  # NOTIFY_PUSH_ALLOW_HTTP: http endpoints (tests, local peers)
     push_max_subscriptions: int = 20  # NOTIFY_PUSH_MAX_SUBSCRIPTIONS active ones per user
     ws_heartbeat: float = 10.0  # NOTIFY_WS_HEARTBEAT s; silent pods' rows go after 3 beats
+    delivery_concurrency: int = 100  # NOTIFY_DELIVERY_CONCURRENCY sends in flight per worker
+    delivery_max_attempts: int = 8  # NOTIFY_DELIVERY_MAX_ATTEMPTS, then failed
+    delivery_backoff: float = 2.0  # NOTIFY_DELIVERY_BACKOFF s, doubled per attempt, jittered
+    delivery_backoff_max: float = 900.0  # NOTIFY_DELIVERY_BACKOFF_MAX s between attempts
+    delivery_lease: float = 30.0  # NOTIFY_DELIVERY_LEASE s a dead worker's claim blocks others
+    delivery_sweep: float = 1.0  # NOTIFY_DELIVERY_SWEEP s between looks for due retries
+    push_ttl: int = 86400  # NOTIFY_PUSH_TTL s a push service keeps an undelivered message
+    push_timeout: float = 10.0  # NOTIFY_PUSH_TIMEOUT s per request to a push service
+    push_connections_per_host: int = 50  # NOTIFY_PUSH_CONNECTIONS_PER_HOST
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -106,6 +115,15 @@ ENV_FIELDS: dict[str, str] = {
     "NOTIFY_WS_HEARTBEAT": "ws_heartbeat",
     "NOTIFY_PUSH_ALLOW_HTTP": "push_allow_http",
     "NOTIFY_PUSH_MAX_SUBSCRIPTIONS": "push_max_subscriptions",
+    "NOTIFY_DELIVERY_CONCURRENCY": "delivery_concurrency",
+    "NOTIFY_DELIVERY_MAX_ATTEMPTS": "delivery_max_attempts",
+    "NOTIFY_DELIVERY_BACKOFF": "delivery_backoff",
+    "NOTIFY_DELIVERY_BACKOFF_MAX": "delivery_backoff_max",
+    "NOTIFY_DELIVERY_LEASE": "delivery_lease",
+    "NOTIFY_DELIVERY_SWEEP": "delivery_sweep",
+    "NOTIFY_PUSH_TTL": "push_ttl",
+    "NOTIFY_PUSH_TIMEOUT": "push_timeout",
+    "NOTIFY_PUSH_CONNECTIONS_PER_HOST": "push_connections_per_host",
 }
 FIELD_ENVS = {field: env for env, field in ENV_FIELDS.items()}
 # Values `notify dev` generates into <data_dir>/secrets.json; the environment wins over them.
@@ -173,10 +191,24 @@ def _check(s: Settings) -> None:
         "ws_max_frame",
         "ws_replay_limit",
         "push_max_subscriptions",
+        "delivery_concurrency",
+        "delivery_max_attempts",
+        "push_connections_per_host",
     ):
         if getattr(s, name) < 1:
             raise SettingsError(f"{FIELD_ENVS[name]}: must be at least 1")
-    for name in ("ws_rate", "ws_ping_interval", "ws_heartbeat"):
+    if s.push_ttl < 0:
+        raise SettingsError("NOTIFY_PUSH_TTL: must not be negative")
+    for name in (
+        "ws_rate",
+        "ws_ping_interval",
+        "ws_heartbeat",
+        "delivery_backoff",
+        "delivery_backoff_max",
+        "delivery_lease",
+        "delivery_sweep",
+        "push_timeout",
+    ):
         if getattr(s, name) <= 0:
             raise SettingsError(f"{FIELD_ENVS[name]}: must be positive")
     if s.retention_days < 1:

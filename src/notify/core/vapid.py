@@ -7,7 +7,7 @@ import binascii
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from py_vapid import Vapid
+from py_vapid import Vapid, Vapid02
 
 
 class VapidKeyError(ValueError):
@@ -54,3 +54,11 @@ def generate_vapid_keys() -> tuple[str, str]:
     )
     private = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
     return _b64url(public), _b64url(private)
+
+
+def load_vapid(private: str) -> Vapid02:
+    """The signer for RFC 8292 headers (`vapid t=…, k=…`) from a raw or PEM private key."""
+    if private.lstrip().startswith("-----BEGIN"):
+        return Vapid02.from_pem(private.encode())
+    raw = private.strip().replace("+", "-").replace("/", "_").rstrip("=")
+    return Vapid02.from_raw(raw.encode())

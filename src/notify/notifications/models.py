@@ -94,6 +94,9 @@ class NotificationDelivery(TimestampedUUID):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    # A worker owns a pending delivery it claimed until then; after, another may take it over.
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    subscription_id: Mapped[UUID | None] = mapped_column(GUID)
 
 
 class OutboxMessage(BigIntBase):

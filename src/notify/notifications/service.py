@@ -10,16 +10,18 @@ from uuid import UUID
 import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import Table, delete, insert, literal, select, true, update
+from sqlalchemy import Table, delete, insert, literal, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
+from notify.core import bus
 from notify.core.auth import Principal
 from notify.core.db import metadata
 from notify.core.errors import Conflict, NotFound
 from notify.core.models import utcnow
+from notify.delivery import tasks
 from notify.notifications import queries
 from notify.notifications.models import (
     IdempotencyKey,
@@ -36,8 +38,9 @@ from notify.notifications.schemas import (
     NotificationOut,
     NotificationPage,
 )
-from notify.notifications.targets import Target, initial_delivery
+from notify.notifications.targets import FAN_OUT, Target, initial_delivery
 from notify.ops.models import AuditEntry
+from notify.push.models import PushSubscription
 
 ENCODER = msgspec.json.Encoder()
 
@@ -54,6 +57,7 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._staged: dict[Table, list[dict[str, Any]]] = {}
+        self._fan_out: list[tuple[UUID, Target]] = []
 
     @property
     def db(self) -> AsyncSession:
@@ -103,21 +107,10 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         )
         for channel in out.channels:
             status, error = initial_delivery(channel, target)
-            self._stage(
-                NotificationDelivery,
-                {
-                    "id": uuid7(),
-                    "notification_id": out.id,
-                    "tenant_id": out.tenant_id,
-                    "user_id": out.user_id,
-                    "channel": channel,
-                    "status": status,
-                    "last_error": error,
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
+            if status == FAN_OUT:
+                self._fan_out.append((out.id, target))
+                continue
+            self._stage_delivery(out.id, target.tenant_id, out.user_id, channel, status, error)
         self._stage(
             OutboxMessage,
             {
@@ -168,8 +161,88 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
     def _stage(self, model: Any, row: dict[str, Any]) -> None:
         self._staged.setdefault(model.__table__, []).append(row)
 
+    def _stage_delivery(
+        self,
+        notification_id: UUID,
+        tenant_id: str,
+        user_id: str | None,
+        channel: str,
+        status: str,
+        error: str | None = None,
+        subscription_id: UUID | None = None,
+    ) -> None:
+        now = utcnow()
+        self._stage(
+            NotificationDelivery,
+            {
+                "id": uuid7(),
+                "notification_id": notification_id,
+                "tenant_id": tenant_id,
+                "user_id": user_id,
+                "channel": channel,
+                "target": str(subscription_id) if subscription_id else None,
+                "subscription_id": subscription_id,
+                "status": status,
+                "last_error": error,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+
+    async def _stage_push(self) -> None:
+        """One push delivery per active subscription of the recipients (one query for all
+        staged notifications), and one task message per notification for the workers."""
+        fan_out, self._fan_out = self._fan_out, []
+        if not fan_out:
+            return
+        tenants = {t.tenant_id for _, t in fan_out}
+        users = {t.user_id for _, t in fan_out if t.user_id}
+        whole = {t.tenant_id for _, t in fan_out if t.audience == "tenant"}
+        subs = (
+            await self.db.execute(
+                select(PushSubscription.id, PushSubscription.tenant_id, PushSubscription.user_id)
+                .where(PushSubscription.is_active.is_(True))
+                .where(PushSubscription.tenant_id.in_(tenants))
+                .where(
+                    or_(PushSubscription.user_id.in_(users), PushSubscription.tenant_id.in_(whole))
+                )
+                .order_by(PushSubscription.created_at)
+            )
+        ).all()
+        for notification_id, target in fan_out:
+            mine = [
+                s
+                for s in subs
+                if s.tenant_id == target.tenant_id and target.user_id in (None, s.user_id)
+            ]
+            for sub in mine:
+                self._stage_delivery(
+                    notification_id, sub.tenant_id, sub.user_id, "push", "pending", None, sub.id
+                )
+            if not mine:
+                self._stage_delivery(
+                    notification_id,
+                    target.tenant_id,
+                    target.user_id,
+                    "push",
+                    "skipped",
+                    "no active push subscription",
+                )
+                continue
+            self._stage(
+                OutboxMessage,
+                {
+                    "notification_id": notification_id,
+                    "subject": bus.TASKS_SUBJECT,
+                    "payload": tasks.deliver_message(notification_id),
+                    "created_at": utcnow(),
+                },
+            )
+
     async def _write_staged(self) -> None:
         """One multi-row INSERT per table, parents first (the ORM's unit of work costs more)."""
+        await self._stage_push()
         staged, self._staged = self._staged, {}
         for table in metadata.sorted_tables:
             if rows := staged.get(table):

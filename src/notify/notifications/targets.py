@@ -8,8 +8,10 @@ from notify.core import bus
 from notify.core.errors import Invalid
 from notify.notifications.schemas import BroadcastCreate
 
-# Channels with no sender in this process yet: recorded as skipped, never left pending.
-EXTERNAL_CHANNELS = ("push", "email", "sms")
+# Channels with no sender yet: recorded as skipped, never left pending.
+UNCONFIGURED_CHANNELS = ("email", "sms")
+# One delivery per push subscription of the recipients, found when the rows are written.
+FAN_OUT = "fan-out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +63,15 @@ def broadcast_targets(data: BroadcastCreate, tenant: str) -> list[Target]:
 
 def initial_delivery(channel: str, target: Target) -> tuple[str, str | None]:
     """A delivery's first state: in-app is delivered by being stored; websocket waits for
-    the bus; channels without a sender here are skipped, never left pending."""
+    the bus; push fans out to subscriptions; channels without a sender are skipped."""
     if channel == "in_app":
         if target.audience == "channel":
             return "skipped", "channel notifications are not in inboxes"
         return "sent", None
-    if channel in EXTERNAL_CHANNELS:
+    if channel == "push":
+        if target.audience == "channel":
+            return "skipped", "channel notifications are delivered over websocket only"
+        return FAN_OUT, None
+    if channel in UNCONFIGURED_CHANNELS:
         return "skipped", f"{channel} delivery is not configured on this server"
     return "pending", None

@@ -24,6 +24,7 @@ from notify.core.auth import JWTMiddleware
 from notify.core.bus import Bus
 from notify.core.config import Settings, load_settings
 from notify.core.errors import exception_handlers
+from notify.digest.controllers import DigestController
 from notify.hub.dispatch import Dispatcher
 from notify.hub.hub import Hub
 from notify.hub.presence import Presence
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, background: Sequence[Background
             NotificationController,
             BroadcastController,
             PushController,
+            DigestController,
             service_worker,
             health,
             docs,

@@ -1,10 +1,12 @@
-"""The `notify` command: dev | serve | worker | migrate | token | vapid."""
+"""The `notify` command: dev, serve, worker, scheduler, migrate, token, vapid, digest, cleanup."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import functools
+import json
 import logging
 import os
 import secrets
@@ -12,6 +14,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from notify.core.config import Settings, SettingsError, load_settings
 
@@ -29,9 +33,12 @@ def _serve(settings: Settings, host: str, port: int, *, with_workers: bool = Fal
 
     background: list[Background] = []
     if with_workers:
-        from notify.delivery.worker import run_worker
+        from notify.worker import run_scheduler, run_worker
 
-        background.append(functools.partial(run_worker, settings))
+        background += [
+            functools.partial(run_worker, settings),
+            functools.partial(run_scheduler, settings),
+        ]
     build_server(create_app(settings, background), settings, host, port).run()
 
 
@@ -57,17 +64,82 @@ def _migrated(settings: Settings, command: str) -> bool:
     return problem is None
 
 
+def _log(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    from notify.delivery.worker import run_worker
+    from notify.worker import run_worker
 
     settings = _settings(args)
     if not _migrated(settings, "worker"):
         return 1
     _warn_push(settings)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log(settings)
     _until_signal(functools.partial(run_worker, settings))
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from notify.worker import run_scheduler
+
+    settings = _settings(args)
+    if not _migrated(settings, "scheduler"):
+        return 1
+    _log(settings)
+    _until_signal(functools.partial(run_scheduler, settings))
+    return 0
+
+
+def _at(value: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {value!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def cmd_digest_tick(args: argparse.Namespace) -> int:
+    from notify.core import db
+    from notify.core.models import utcnow
+    from notify.digest.tick import tick
+
+    settings = _settings(args)
+    if not _migrated(settings, "digest tick"):
+        return 1
+
+    async def run() -> dict[str, int]:
+        engine = db.create_engine(settings)
+        try:
+            sessions = async_sessionmaker(engine, expire_on_commit=False)
+            result = await tick(sessions, args.at or utcnow(), every_row=args.at is not None)
+            return {"due": result.due, "sent": result.sent, "skipped": result.skipped}
+        finally:
+            await engine.dispose()
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from notify.core import db
+    from notify.ops.cleanup import cleanup
+
+    settings = _settings(args)
+    if not _migrated(settings, "cleanup"):
+        return 1
+    days = settings.retention_days if args.older_than_days is None else args.older_than_days
+
+    async def run() -> int:
+        engine = db.create_engine(settings)
+        try:
+            return await cleanup(async_sessionmaker(engine, expire_on_commit=False), days)
+        finally:
+            await engine.dispose()
+
+    print(json.dumps({"deleted": asyncio.run(run())}))
     return 0
 
 
@@ -162,6 +234,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _days(value: str) -> float:
+    try:
+        days = float(value)
+    except ValueError:
+        days = -1
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"not a number of days >= 0: {value!r}")
+    return days
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notify", description=__doc__)
     parser.add_argument("--data-dir", help="where `notify dev` keeps its state (NOTIFY_DATA_DIR)")
@@ -182,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", parents=[common], help="delivery worker (Taskiq on NATS)")
     worker.set_defaults(func=cmd_worker)
+
+    scheduler = sub.add_parser("scheduler", parents=[common], help="digest ticks and cleanup")
+    scheduler.set_defaults(func=cmd_scheduler)
+
+    digest = sub.add_parser("digest", help="the daily digest")
+    digest_sub = digest.add_subparsers(dest="digest_command", required=True)
+    tick = digest_sub.add_parser("tick", parents=[common], help="run one digest tick now")
+    tick.add_argument("--at", type=_at, help="as if the clock read this ISO 8601 instant")
+    tick.set_defaults(func=cmd_digest_tick)
+
+    clean = sub.add_parser("cleanup", parents=[common], help="run retention cleanup once")
+    clean.add_argument("--older-than-days", type=_days, help="default NOTIFY_RETENTION_DAYS (90)")
+    clean.set_defaults(func=cmd_cleanup)
 
     migrate = sub.add_parser("migrate", parents=[common], help="apply migrations")
     migrate.set_defaults(func=cmd_migrate)

@@ -54,6 +54,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     push_ttl: int = 86400  # NOTIFY_PUSH_TTL s a push service keeps an undelivered message
     push_timeout: float = 10.0  # NOTIFY_PUSH_TIMEOUT s per request to a push service
     push_connections_per_host: int = 50  # NOTIFY_PUSH_CONNECTIONS_PER_HOST
+    cleanup_at: str = "02:00"  # NOTIFY_CLEANUP_AT: daily retention cleanup, HH:MM UTC
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -124,6 +125,7 @@ ENV_FIELDS: dict[str, str] = {
     "NOTIFY_PUSH_TTL": "push_ttl",
     "NOTIFY_PUSH_TIMEOUT": "push_timeout",
     "NOTIFY_PUSH_CONNECTIONS_PER_HOST": "push_connections_per_host",
+    "NOTIFY_CLEANUP_AT": "cleanup_at",
 }
 FIELD_ENVS = {field: env for env, field in ENV_FIELDS.items()}
 # Values `notify dev` generates into <data_dir>/secrets.json; the environment wins over them.
@@ -197,6 +199,8 @@ def _check(s: Settings) -> None:
     ):
         if getattr(s, name) < 1:
             raise SettingsError(f"{FIELD_ENVS[name]}: must be at least 1")
+    if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", s.cleanup_at):
+        raise SettingsError("NOTIFY_CLEANUP_AT: must be HH:MM (UTC)")
     if s.push_ttl < 0:
         raise SettingsError("NOTIFY_PUSH_TTL: must not be negative")
     for name in (

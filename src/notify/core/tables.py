@@ -1,6 +1,6 @@
 """Imports every domain's models so the metadata (and Alembic) sees all tables."""
 
-from notify.digest.models import DigestSubscription
+from notify.digest.models import DigestRun, DigestSubscription
 from notify.hub.models import WebSocketConnection
 from notify.notifications.models import (
     IdempotencyKey,
@@ -14,6 +14,7 @@ from notify.push.models import PushSubscription
 
 __all__ = [
     "AuditEntry",
+    "DigestRun",
     "DigestSubscription",
     "IdempotencyKey",
     "Notification",

@@ -66,11 +66,20 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         return session
 
     # -- creating ---------------------------------------------------------------------------
-    def add(self, actor: Principal, body: NotificationBody, target: Target) -> NotificationOut:
-        """Stage a notification, its deliveries and its outbox row; `idempotent` writes them."""
+    def add(
+        self,
+        actor: Principal,
+        body: NotificationBody,
+        target: Target,
+        *,
+        id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> NotificationOut:
+        """Stage a notification, its deliveries and its outbox row; `idempotent` or `flush`
+        writes them. `metadata` replaces the body's (for internal ones over the API's limit)."""
         now = utcnow()
         out = NotificationOut(
-            id=uuid7(),
+            id=id or uuid7(),
             tenant_id=target.tenant_id,
             user_id=target.user_id,
             title=body.title,
@@ -79,7 +88,7 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
             priority=body.priority,
             channels=list(body.channels),
             action_url=body.action_url,
-            metadata=body.metadata,
+            metadata=body.metadata if metadata is None else metadata,
             status="unread",
             read_at=None,
             created_at=now,
@@ -239,6 +248,10 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
                     "created_at": utcnow(),
                 },
             )
+
+    async def flush(self) -> None:
+        """Write what was staged, in the caller's transaction."""
+        await self._write_staged()
 
     async def _write_staged(self) -> None:
         """One multi-row INSERT per table, parents first (the ORM's unit of work costs more)."""

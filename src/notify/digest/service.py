@@ -1,0 +1,144 @@
+"""Digest settings (validated by the schedule), upcoming deliveries and the preview."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from notify.core.auth import Principal
+from notify.core.errors import Invalid
+from notify.core.models import utcnow
+from notify.digest import content as digest
+from notify.digest.models import DigestSubscription
+from notify.digest.schedule import Schedule, ScheduleError, local_date, next_delivery, upcoming
+from notify.digest.schemas import (
+    FREQUENCIES,
+    PRIORITIES,
+    DigestContent,
+    DigestSettings,
+    DigestSettingsBody,
+)
+from notify.digest.tick import first_window, load_items, look_again_at, schedule_of
+
+DEFAULTS = DigestSettingsBody(is_enabled=False)
+
+
+def parse(body: DigestSettingsBody) -> Schedule:
+    """The body's schedule; a bad field is a 422 naming it."""
+    if body.frequency not in FREQUENCIES:
+        raise Invalid("frequency", f"must be one of {', '.join(FREQUENCIES)}")
+    if body.min_priority not in PRIORITIES:
+        raise Invalid("min_priority", f"must be one of {', '.join(PRIORITIES)}")
+    try:
+        return Schedule.parse(
+            body.delivery_time, body.timezone, body.frequency, body.weekday, body.exclude_weekends
+        )
+    except ScheduleError as exc:
+        raise Invalid(exc.field, exc.message) from None
+
+
+class DigestRepository(SQLAlchemyAsyncRepository[DigestSubscription]):
+    model_type = DigestSubscription
+
+
+class DigestService(SQLAlchemyAsyncRepositoryService[DigestSubscription, DigestRepository]):
+    """Thin service over the repository; domain logic only."""
+
+    repository_type = DigestRepository
+
+    @property
+    def db(self) -> AsyncSession:
+        session = self.repository.session
+        assert isinstance(session, AsyncSession)
+        return session
+
+    async def _row(self, p: Principal, lock: bool = False) -> DigestSubscription | None:
+        stmt = select(DigestSubscription).where(
+            DigestSubscription.tenant_id == p.tenant_id, DigestSubscription.user_id == p.sub
+        )
+        row: DigestSubscription | None = await self.db.scalar(
+            stmt.with_for_update() if lock else stmt
+        )
+        return row
+
+    async def settings(self, p: Principal) -> DigestSettings:
+        return _out(await self._row(p))
+
+    async def put(self, p: Principal, body: DigestSettingsBody) -> DigestSettings:
+        schedule = parse(body)
+        row = await self._row(p, lock=True)
+        now = utcnow()
+        values: dict[str, Any] = {
+            "is_enabled": body.is_enabled,
+            "delivery_time": body.delivery_time,
+            "timezone": body.timezone,
+            "frequency": body.frequency,
+            "weekday": body.weekday,
+            "include_types": list(dict.fromkeys(body.include_types)),
+            "exclude_weekends": body.exclude_weekends,
+            "min_priority": body.min_priority,
+            "updated_at": now,
+        }
+        if row is None:
+            row = DigestSubscription(tenant_id=p.tenant_id, user_id=p.sub, created_at=now, **values)
+            self.db.add(row)
+        else:
+            for name, value in values.items():
+                setattr(row, name, value)
+        row.next_delivery_at = look_again_at(schedule, now, row.last_digest_date)
+        await self.db.commit()
+        return _out(row)
+
+    async def upcoming(self, p: Principal, after: dt.datetime, count: int) -> list[dt.datetime]:
+        row = await self._row(p)
+        if row is None or not row.is_enabled:
+            return []
+        return upcoming(schedule_of(row), after, count)
+
+    async def preview(self, p: Principal) -> DigestContent:
+        """The digest the caller would get now, from the same code the tick runs."""
+        row = await self._row(p)
+        settings = _body(row)
+        schedule = parse(settings)
+        now = utcnow()
+        since = (row.last_delivered_at if row else None) or now - first_window(schedule)
+        f = digest.Filters(since, now, frozenset(settings.include_types), settings.min_priority)
+        items = await load_items(self.db, [(p.tenant_id, p.sub)], since)
+        return digest.preview(local_date(schedule, now), items.get((p.tenant_id, p.sub), []), f)
+
+
+def _body(row: DigestSubscription | None) -> DigestSettingsBody:
+    if row is None:
+        return DEFAULTS
+    return DigestSettingsBody(
+        is_enabled=row.is_enabled,
+        delivery_time=row.delivery_time,
+        timezone=row.timezone,
+        frequency=row.frequency,
+        weekday=row.weekday,
+        include_types=list(row.include_types or []),
+        exclude_weekends=row.exclude_weekends,
+        min_priority=row.min_priority,
+    )
+
+
+def _out(row: DigestSubscription | None) -> DigestSettings:
+    b = _body(row)
+    next_at = next_delivery(parse(b), utcnow()) if b.is_enabled else None
+    return DigestSettings(
+        is_enabled=b.is_enabled,
+        delivery_time=b.delivery_time,
+        timezone=b.timezone,
+        frequency=b.frequency,
+        weekday=b.weekday,
+        include_types=b.include_types,
+        exclude_weekends=b.exclude_weekends,
+        min_priority=b.min_priority,
+        next_delivery_at=next_at,
+        last_delivered_at=row.last_delivered_at if row else None,
+    )

@@ -41,8 +41,11 @@ WORKER_ENV = {
 class Worker:
     """One `notify worker` process on the server's database and NATS."""
 
+    command = "worker"
+    ready = "delivering"
+
     def __init__(self, srv: Server, tmp: Path, name: str = "w", **env: str) -> None:
-        self.log = tmp / f"worker-{name}-{time.monotonic_ns()}.log"
+        self.log = tmp / f"{self.command}-{name}-{time.monotonic_ns()}.log"
         environ = {
             k: v
             for k, v in os.environ.items()
@@ -59,16 +62,16 @@ class Worker:
         )
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "notify.cli", "worker"],
+                [sys.executable, "-m", "notify.cli", self.command],
                 env=environ,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + 30
-        while "delivering" not in self.output():
+        while self.ready not in self.output():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"worker did not start\n{self.output()}")
+                pytest.fail(f"{self.command} did not start\n{self.output()}")
             time.sleep(0.05)
 
     def output(self) -> str:

@@ -107,14 +107,15 @@ def build_broker(settings: Settings, jobs: Jobs | None = None) -> PullBasedJetSt
 
 
 def _body(jobs: Jobs | None, name: str) -> Any:
-    if jobs is not None:
-        return getattr(jobs, name)
+    """A plain function per task (Taskiq renames what it registers; methods cannot be)."""
 
-    async def not_here(*_: Any) -> None:
-        raise RuntimeError(f"{name} runs in `notify worker`")
+    async def run(*args: Any) -> Any:
+        if jobs is None:
+            raise RuntimeError(f"{name} runs in `notify worker`")
+        return await getattr(jobs, name)(*args)
 
-    not_here.__name__ = name
-    return not_here
+    run.__name__ = name
+    return run
 
 
 async def _start(broker: PullBasedJetStreamBroker, settings: Settings) -> None:

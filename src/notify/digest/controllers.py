@@ -9,7 +9,7 @@ from advanced_alchemy.extensions.litestar.providers import create_service_provid
 from litestar import Controller, Request, get, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import JSONBody, Parameter
+from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from notify.core.auth import Principal
 from notify.core.errors import Invalid
@@ -56,8 +56,8 @@ class DigestController(Controller):
         self,
         request: Request[Principal, str, State],
         service: Service,
-        after: str | None = None,
-        count: Annotated[int, Parameter(ge=1, le=30)] = 5,
+        after: FromQuery[str | None] = None,
+        count: Annotated[int, QueryParameter(ge=1, le=30)] = 5,
     ) -> Upcoming:
         return Upcoming(await service.upcoming(request.user, _instant(after), count))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,7 +18,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 import notify
-from notify.core import db
+from notify.core import db, logs
 from notify.core.auth import JWTMiddleware
 from notify.core.bus import Bus
 from notify.core.config import Settings, load_settings
@@ -53,9 +52,7 @@ Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 def create_app(settings: Settings | None = None, background: Sequence[Background] = ()) -> Litestar:
     settings = settings or load_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings)
     engine = db.create_engine(settings)
     bus = Bus(settings)
     relay = OutboxRelay(engine, bus)

@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import functools
 import json
-import logging
 import os
 import secrets
 import signal
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from notify.core import logs
 from notify.core.config import Settings, SettingsError, load_settings
 
 
@@ -64,12 +64,6 @@ def _migrated(settings: Settings, command: str) -> bool:
     return problem is None
 
 
-def _log(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     from notify.worker import run_worker
 
@@ -77,7 +71,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not _migrated(settings, "worker"):
         return 1
     _warn_push(settings)
-    _log(settings)
+    logs.configure(settings)
     _until_signal(functools.partial(run_worker, settings))
     return 0
 
@@ -88,7 +82,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not _migrated(settings, "scheduler"):
         return 1
-    _log(settings)
+    logs.configure(settings)
     _until_signal(functools.partial(run_scheduler, settings))
     return 0
 

@@ -357,6 +357,34 @@ async def test_413_is_trimmed_harder_and_retried_once(
     ]
 
 
+async def test_send_to_user_the_descriptions_python_api(
+    worker: Worker, push_server: Server, peer: PushPeer, ana: httpx.AsyncClient, tenant_id: str
+) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from notify.core import db
+    from notify.push.service import PushNotificationService
+
+    subs = await subscribe(ana, peer, 2)
+    engine = db.create_engine(push_server.settings)
+    try:
+        async with async_sessionmaker(engine)() as session:
+            result = await PushNotificationService(tenant_id).send_to_user(
+                "ana",
+                {"title": "New IEP Update", "message": "Needs you", "action_url": "/iep/12345"},
+                session,
+            )
+    finally:
+        await engine.dispose()
+    assert result["subscriptions"] == 2
+    await peer.wait_until_async(got(peer, subs))
+    payload = peer.delivered(subs[0].endpoint)[0]
+    assert (payload["title"], payload["body"]) == ("New IEP Update", "Needs you")
+    assert payload["data"]["action_url"] == "/iep/12345"
+    rows = await settled(ana, result["notification_id"])
+    assert [d["status"] for d in rows] == ["sent", "sent"]
+
+
 async def test_a_worker_killed_mid_batch_is_replaced_and_every_subscription_gets_its_push(
     push_server: Server,
     peer: PushPeer,

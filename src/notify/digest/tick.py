@@ -93,7 +93,7 @@ async def tick(
                 return result
             last = rows[-1]
             after = (last.id,) if every_row else (last.next_delivery_at, last.id)
-            await _serve(db, rows, now, result)
+            await _serve(db, rows, now, result, keep_keys=every_row)
 
 
 def _chunk(now: dt.datetime, after: tuple[Any, ...] | None, every_row: bool) -> Any:
@@ -106,8 +106,15 @@ def _chunk(now: dt.datetime, after: tuple[Any, ...] | None, every_row: bool) -> 
 
 
 async def _serve(
-    db: AsyncSession, rows: Sequence[Any], now: dt.datetime, result: TickResult
+    db: AsyncSession,
+    rows: Sequence[Any],
+    now: dt.datetime,
+    result: TickResult,
+    *,
+    keep_keys: bool = False,
 ) -> None:
+    """Serve the due rows of one chunk. `keep_keys`: a clock set by hand leaves the real
+    schedule's look-again times of the rows it does not serve alone."""
     until = max(now, utcnow())
     later: list[dict[str, Any]] = []
     due: list[_Due] = []
@@ -139,7 +146,7 @@ async def _serve(
     for d in due:
         if not any(s["b_id"] == d.row.id for s in served):  # another tick served it
             later.append({"b_id": d.row.id, "b_next": look_again_at(d.schedule, now, d.day)})
-    await _update(db, later, served)
+    await _update(db, [] if keep_keys else later, served)
 
 
 async def load_items(

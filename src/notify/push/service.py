@@ -19,6 +19,10 @@ from notify.core.config import Settings
 from notify.core.errors import Invalid, NotFound
 from notify.core.models import utcnow
 from notify.core.vapid import b64url_decode
+from notify.notifications.models import NotificationDelivery
+from notify.notifications.schemas import NotificationBody
+from notify.notifications.service import NotificationService
+from notify.notifications.targets import Target
 from notify.push.models import PushSubscription
 from notify.push.schemas import SubscribeBody, SubscriptionList, SubscriptionOut
 
@@ -150,3 +154,41 @@ class PushSubscriptionService(
 
 def _out(row: PushSubscription) -> SubscriptionOut:
     return msgspec.convert(row, SubscriptionOut, from_attributes=True)
+
+
+class PushNotificationService:
+    """The description's Python API: `send_to_user(user_id, data, db)` pushes `data` to every
+    active subscription of the user, through the delivery pipeline (stored, retried, and
+    visible at /deliveries), never from the caller's request."""
+
+    def __init__(self, tenant_id: str, sender: str = "push-service") -> None:
+        self._tenant = tenant_id
+        self._sender = sender
+
+    async def send_to_user(
+        self, user_id: str, data: dict[str, Any], db: AsyncSession
+    ) -> dict[str, Any]:
+        """Commits on `db`; returns the notification id and how many subscriptions it goes to."""
+        body = NotificationBody(
+            title=data["title"],
+            message=str(data.get("message") or data.get("body") or ""),
+            notification_type=str(data.get("notification_type") or "push"),
+            priority=data.get("priority") or "normal",
+            channels=["push"],
+            action_url=data.get("action_url"),
+            metadata=dict(data.get("metadata") or {}),
+        )
+        actor = Principal(self._sender, self._tenant, frozenset({"service"}), frozenset(), 0)
+        service = NotificationService(session=db)
+        out = service.add(actor, body, Target(self._tenant, user_id))
+        await service.flush()
+        await db.commit()
+        targets = await db.scalar(
+            select(func.count())
+            .select_from(NotificationDelivery)
+            .where(
+                NotificationDelivery.notification_id == out.id,
+                NotificationDelivery.status == "pending",
+            )
+        )
+        return {"notification_id": str(out.id), "subscriptions": int(targets or 0)}

@@ -134,16 +134,22 @@ class Deliverer:
                 )
             )
             content = {n.id: _content(n) for n in notes}
+            # No content: the notification was deleted meanwhile (recorded as skipped).
             jobs = [
-                Job(r.id, content[r.notification_id], r.channel, r.attempts, r.subscription_id)
+                Job(
+                    r.id,
+                    content.get(r.notification_id, {}),
+                    r.channel,
+                    r.attempts,
+                    r.subscription_id,
+                )
                 for r in rows
-                if r.notification_id in content
             ]
             by_channel: dict[str, list[Job]] = defaultdict(list)
             for job in jobs:
                 by_channel[job.channel].append(job)
             for name, group in by_channel.items():
-                await self._channels[name].prepare(db, group)
+                await self._channels[name].prepare(db, [j for j in group if j.notification])
         return jobs
 
     async def _run(self, jobs: list[Job]) -> None:
@@ -154,7 +160,12 @@ class Deliverer:
 
         async def one(job: Job) -> None:
             async with self._slots:
-                outcome = Outcome("release") if self._closing else await self._send(job)
+                if not job.notification:
+                    outcome = Outcome("skipped", "the notification was deleted")
+                elif self._closing:
+                    outcome = Outcome("release")
+                else:
+                    outcome = await self._send(job)
             await results.put((job, outcome))
 
         senders = [asyncio.create_task(one(job)) for job in jobs]

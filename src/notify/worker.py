@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 from uuid import UUID
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from taskiq import TaskiqScheduler
+from taskiq import AckableMessage, TaskiqScheduler
 from taskiq.api import run_receiver_task, run_scheduler_task
 from taskiq.schedule_sources import LabelScheduleSource
 from taskiq_nats import PullBasedJetStreamBroker
@@ -73,9 +75,25 @@ class Jobs:
         await self.engine.dispose()
 
 
+class Broker(PullBasedJetStreamBroker):
+    """taskiq-nats's pull broker, surviving the plain TimeoutError nats-py's `fetch` raises
+    on an idle queue (upstream catches only nats' own; the receiver would restart)."""
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        while True:
+            try:
+                batch = await self.consumer.fetch(
+                    batch=self.pull_consume_batch, timeout=self.pull_consume_timeout
+                )
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            for message in batch:
+                yield AckableMessage(data=message.data, ack=message.ack)
+
+
 def build_broker(settings: Settings, jobs: Jobs | None = None) -> PullBasedJetStreamBroker:
     """The Taskiq broker on the NOTIFY_TASKS work queue, our tasks and their schedule."""
-    broker = PullBasedJetStreamBroker(
+    broker = Broker(
         servers=settings.nats_servers,
         subject=bus.TASKS_SUBJECT,
         stream_name=bus.TASKS_STREAM,

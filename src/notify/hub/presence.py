@@ -9,8 +9,9 @@ import logging
 from typing import Any, cast
 from uuid import UUID
 
-from sqlalchemy import Table, delete, insert, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+import msgspec
+from sqlalchemy import Table, delete, insert, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notify.core.models import utcnow
 from notify.hub.hub import Connection, Hub
@@ -18,6 +19,15 @@ from notify.hub.models import WebSocketConnection
 
 log = logging.getLogger("notify.hub.presence")
 T = cast(Table, WebSocketConnection.__table__)
+_JSON = msgspec.json.Encoder()
+_PG_INSERT = text(
+    "INSERT INTO websocket_connections"
+    " (id, tenant_id, user_id, pod_id, channels, last_seen_at, created_at, updated_at)"
+    " SELECT i, t, u, p, c::jsonb, s, s, s FROM unnest("
+    "CAST(:ids AS uuid[]), CAST(:tenants AS text[]), CAST(:users AS text[]),"
+    " CAST(:pods AS text[]), CAST(:channels AS text[]), CAST(:seen AS timestamptz[])"
+    ") AS r(i, t, u, p, c, s)"
+)
 
 
 class Presence:
@@ -93,7 +103,7 @@ class Presence:
         try:
             async with self._engine.begin() as conn:
                 if added:
-                    await conn.execute(insert(T), list(added.values()))
+                    await self._insert(conn, list(added.values()))
                 if removed:
                     await conn.execute(delete(T).where(T.c.id.in_(removed)))
                 for key, channels in changed.items():
@@ -103,6 +113,24 @@ class Presence:
             self._removed |= removed
             self._changed = changed | self._changed
             raise
+
+    async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """PostgreSQL: one statement with a column of arrays, several times cheaper than
+        executemany when thousands of sockets connect at once."""
+        if conn.dialect.name != "postgresql":
+            await conn.execute(insert(T), rows)
+            return
+        await conn.execute(
+            _PG_INSERT,
+            {
+                "ids": [r["id"] for r in rows],
+                "tenants": [r["tenant_id"] for r in rows],
+                "users": [r["user_id"] for r in rows],
+                "pods": [r["pod_id"] for r in rows],
+                "channels": [_JSON.encode(r["channels"]).decode() for r in rows],
+                "seen": [r["last_seen_at"] for r in rows],
+            },
+        )
 
     async def _beat(self) -> None:
         """Refresh our rows; remove rows of pods that stopped refreshing (crashed). If ours
@@ -117,7 +145,7 @@ class Presence:
             if live and seen.rowcount < len(live):
                 log.warning("presence: our rows were gone; writing %d again", len(live))
                 await conn.execute(delete(T).where(T.c.pod_id == self._pod))
-                await conn.execute(insert(T), [self._row(c) for c in live])
+                await self._insert(conn, [self._row(c) for c in live])
             gone = await conn.execute(
                 delete(T).where(T.c.pod_id != self._pod, T.c.last_seen_at < stale)
             )

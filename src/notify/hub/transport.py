@@ -3,11 +3,13 @@ pre-framed bytes written straight to the transport (the hub's hot path)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from asyncio import BaseTransport, Transport
+from typing import Any, ClassVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 from litestar.datastructures import State
 from uuid_utils import uuid7
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame as WsFrame
 from websockets.protocol import Protocol
@@ -39,9 +41,19 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
     direct = False  # this socket is served here, not by the ASGI app
     session: Any = None  # notify.hub.session.Session once authenticated
 
+    def connection_made(self, transport: BaseTransport) -> None:
+        # uvicorn reads both socket addresses here; only an ASGI scope needs them, and
+        # getsockname per socket is a visible cost when thousands connect at once.
+        self.connections.add(self)
+        self.transport = cast(Transport, transport)
+        self.scheme = "wss" if is_ssl(self.transport) else "ws"
+        self.server = self.client = None
+
     def handle_connect(self, event: Any) -> None:
         target = urlsplit(event.path)
         if self.state is None or target.path != HUB_PATH:
+            self.server = get_local_addr(self.transport)
+            self.client = get_remote_addr(self.transport)
             super().handle_connect(event)
             return
         self.direct = True

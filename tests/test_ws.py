@@ -773,3 +773,31 @@ async def test_connection_rows_survive_other_pods_cleanup_and_dead_pods_go(
             assert await poll(pods, lambda p: p == [srv.settings.pod_id])
     finally:
         await engine.dispose()
+
+
+async def test_a_fragmented_client_message_is_read_whole(server: Server, tenant: str) -> None:
+    async with ws_open(server.port, server.token("frag", tenant)) as ws:
+        await ws.send(iter(['{"type": ', '"pi', 'ng"}']))  # three frames, one message
+        assert (await recv_type(ws, "pong"))["timestamp"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Sec-WebSocket-Version: 13\r\n",  # no key
+        b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c2hvcnQ=\r\n",  # not 16 bytes
+    ],
+)
+async def test_a_bad_upgrade_is_a_400(server: Server, tenant: str, headers: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    token = server.token("bad", tenant)
+    writer.write(
+        f"GET /ws/notify?token={token} HTTP/1.1\r\nHost: x\r\n".encode()
+        + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        + headers
+        + b"\r\n"
+    )
+    status = await asyncio.wait_for(reader.readline(), WAIT)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 400"), status

@@ -6,7 +6,7 @@ import uvicorn
 from litestar import Litestar
 
 from notify.core.config import Settings
-from notify.hub.transport import bind_protocol
+from notify.hub.transport import bind_http
 
 
 def build_server(
@@ -23,7 +23,7 @@ def build_server(
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
         timeout_keep_alive=75,  # outlive load balancers' idle timeouts (often 60 s)
-        ws=bind_protocol(app.state),
+        http=bind_http(app.state),  # serves /ws/notify itself (notify.hub.transport)
         ws_per_message_deflate=False,  # deflate state would cost KiBs per idle socket
         ws_max_size=settings.ws_max_frame,
         ws_ping_interval=settings.ws_ping_interval,

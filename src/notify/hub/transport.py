@@ -1,23 +1,30 @@
-"""Serving `/ws/notify` inside uvicorn's WebSocket protocol: no ASGI task per socket, and
-pre-framed bytes written straight to the transport (the hub's hot path)."""
+"""Serving `/ws/notify` straight from uvicorn's HTTP protocol: the upgrade is parsed once, no
+ASGI task runs per socket, and pre-framed bytes go straight to the transport (the hot path)."""
 
 from __future__ import annotations
 
-from asyncio import BaseTransport, Transport
-from typing import Any, ClassVar, cast
-from urllib.parse import parse_qs, urlsplit
+import asyncio
+import base64
+import binascii
+import hashlib
+import random
+import struct
+from typing import Any, ClassVar
+from urllib.parse import parse_qs
 
 from litestar.datastructures import State
 from uuid_utils import uuid7
-from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Frame as WsFrame
-from websockets.protocol import Protocol
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+from websockets.frames import Frame, Opcode
+from websockets.protocol import OPEN, SERVER, Protocol
 
 from notify.core.auth import TokenError, decode_token
 
 HUB_PATH = "/ws/notify"
 CLOSE_TIMEOUT = 10.0
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -32,56 +39,75 @@ def text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
-class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol. For `/ws/notify` (when bound to an app's
-    state by `notify.server`) it completes the handshake itself and hands frames to a hub
-    session; every other path goes to the ASGI app as usual."""
+def accept_key(key: bytes | None) -> bytes | None:
+    """Sec-WebSocket-Accept for a valid Sec-WebSocket-Key (16 bytes, base64), else None."""
+    try:
+        if key is None or len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except (binascii.Error, ValueError):
+        return None
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())  # noqa: S324 (RFC 6455)
 
-    state: ClassVar[State | None] = None
-    direct = False  # this socket is served here, not by the ASGI app
-    session: Any = None  # notify.hub.session.Session once authenticated
 
-    def connection_made(self, transport: BaseTransport) -> None:
-        # uvicorn reads both socket addresses here; only an ASGI scope needs them, and
-        # getsockname per socket is a visible cost when thousands connect at once.
-        self.connections.add(self)
-        self.transport = cast(Transport, transport)
-        self.scheme = "wss" if is_ssl(self.transport) else "ws"
-        self.server = self.client = None
+class HubHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol; an upgrade to `/ws/notify` (when bound to an app's state by
+    `bind_http`) becomes a hub socket here, every other request goes on as usual."""
 
-    def handle_connect(self, event: Any) -> None:
-        target = urlsplit(event.path)
-        if self.state is None or target.path != HUB_PATH:
-            self.server = get_local_addr(self.transport)
-            self.client = get_remote_addr(self.transport)
-            super().handle_connect(event)
+    hub: ClassVar[State | None] = None
+
+    def handle_websocket_upgrade(self) -> None:
+        path, _, query = self.url.partition(b"?")
+        if self.hub is None or path != HUB_PATH.encode():
+            super().handle_websocket_upgrade()
             return
-        self.direct = True
-        response = self.conn.accept(event)
-        self.conn.send_response(response)
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.handshake_initiated = self.handshake_complete = True
-        if response.status_code != 101:
-            self.close_sent = True
-            self.transport.close()
+        headers = dict(self.headers)
+        accept = None
+        if self.scope["method"] == "GET" and headers.get(b"sec-websocket-version") == b"13":
+            accept = accept_key(headers.get(b"sec-websocket-key"))
+        if accept is None:
+            self.send_400_response(
+                "WebSocket upgrade needs GET, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key"
+            )
             return
-        self.start_keepalive()
-        del self.queue, self.writable, self.frames  # the ASGI side of the protocol stays unused
-        # The server parser's generator frame keeps the handshake request (headers and all)
-        # alive for the socket's life; the base frame parser is the same minus that.
-        self.conn.parser = Protocol.parse(self.conn)
-        next(self.conn.parser)
-        self._open(parse_qs(target.query))
+        self.connections.discard(self)
+        socket = HubSocket(self.hub, self.config, self.server_state, self.transport)
+        self.transport.set_protocol(socket)
+        socket.open(accept, parse_qs(query.decode("latin-1")))
 
-    def _open(self, query: dict[str, list[str]]) -> None:
+
+class HubSocket(asyncio.Protocol):
+    """One client's socket: frames in go to its hub session; the hub writes frames out."""
+
+    def __init__(
+        self, state: State, config: Config, server_state: ServerState, transport: Any
+    ) -> None:
+        self.state = state
+        self.transport: asyncio.Transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.connections = server_state.connections
+        self.conn = Protocol(SERVER, state=OPEN, max_size=config.ws_max_size)
+        self.ping_interval = config.ws_ping_interval
+        self.ping_timeout = config.ws_ping_timeout
+        self.session: Any = None  # notify.hub.session.Session once authenticated
+        self.close_sent = False
+        self.fragments: list[bytes] | None = None
+        self.ping_payload: bytes | None = None
+        self.timer: asyncio.TimerHandle | None = None  # next ping, pong deadline or close
+        # uvicorn calls shutdown() on everything in this set when it stops.
+        self.connections.add(self)  # type: ignore[arg-type]
+
+    def open(self, accept: bytes, query: dict[str, list[str]]) -> None:
         # Imported here: the hub's modules import text_frame from this one.
         from notify.hub.hub import Connection
         from notify.hub.session import Session
 
-        state = self.state
-        assert state is not None
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        self._schedule_ping()
         try:
-            principal = decode_token((query.get("token") or [""])[0], state.settings)
+            principal = decode_token((query.get("token") or [""])[0], self.state.settings)
         except TokenError as exc:
             self.close_socket(4401, str(exc)[:120])
             return
@@ -90,12 +116,57 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
             principal,
             self.transport,
             self.close_socket,
-            state.settings.ws_send_buffer,
+            self.state.settings.ws_send_buffer,
         )
-        self.session = Session(state, conn)
+        self.session = Session(self.state, conn)
         since, channels = query.get("since"), query.get("channels")
         self.session.open(since[0] if since else None, channels[0] if channels else None)
 
+    # -- frames from the client -----------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        for frame in self.conn.events_received():
+            assert isinstance(frame, Frame)
+            self._frame(frame)
+        if self.conn.parser_exc is not None:
+            # Too big (1009), not UTF-8, bad framing: websockets queued the right close.
+            self._flush()
+            self.close_sent = True
+            self.transport.close()
+            return
+        self._flush()  # pongs to pings, the echo of a close
+
+    def _frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op is Opcode.TEXT or op is Opcode.BINARY:
+            if frame.fin:
+                self._feed(frame.data)
+            else:
+                self.fragments = [bytes(frame.data)]
+        elif op is Opcode.CONT and self.fragments is not None:
+            self.fragments.append(bytes(frame.data))
+            if frame.fin:
+                data, self.fragments = b"".join(self.fragments), None
+                self._feed(data)
+        elif op is Opcode.PONG:
+            if self.ping_payload is not None and frame.data == self.ping_payload:
+                self.ping_payload = None
+                self._schedule_ping()
+        elif op is Opcode.CLOSE:
+            if not self.close_sent:  # the peer closes: websockets queued the echo
+                self._flush()
+            self.transport.close()
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self.session is not None and not self.close_sent:
+            self.session.feed(bytes(data))
+
+    def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            self.transport.write(b"".join(out))
+
+    # -- closing ----------------------------------------------------------------------------
     def close_socket(self, code: int, reason: str) -> None:
         """Start the closing handshake; the transport goes when the peer answers or in 10 s."""
         if self.session is not None:
@@ -103,74 +174,49 @@ class NotifyWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent or self.transport.is_closing():
             return
         self.conn.send_close(code, reason)
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        self._flush()
         self.close_sent = True
-        self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)
+        self._set_timer(CLOSE_TIMEOUT, self.transport.close)
 
-    # -- frames from the client: to the session when the socket is ours --------------------
-    def handle_text(self, event: WsFrame) -> None:
-        if not self.direct:
-            super().handle_text(event)
-        elif self.session is not None and not self.close_sent:
-            self.session.feed(bytes(event.data))
-
-    def handle_bytes(self, event: WsFrame) -> None:
-        if not self.direct:
-            super().handle_bytes(event)
-        elif self.session is not None and not self.close_sent:
-            self.session.feed(bytes(event.data))
-
-    def handle_close(self, event: WsFrame) -> None:
-        if not self.direct:
-            super().handle_close(event)
-            return
-        if self.close_sent:  # the peer answered our close
-            if self.close_timer is not None:
-                self.close_timer.cancel()
-                self.close_timer = None
-        else:  # the peer closes: websockets queued the echo
-            self.transport.write(b"".join(self.conn.data_to_send()))
-        self.transport.close()
-
-    def handle_parser_exception(self) -> None:
-        if not self.direct:
-            super().handle_parser_exception()
-            return
-        # Too big (1009), not UTF-8, bad framing: websockets queued the right close frame.
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self.transport.close()
+    def shutdown(self) -> None:
+        """uvicorn is stopping (SIGTERM): clients resume on another pod."""
+        self.close_socket(1001, "server going away")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.direct:
-            super().connection_lost(exc)
-            return
         session, self.session = self.session, None
         if session is not None:
             session.finish()
-        self.stop_keepalive()
+        self._set_timer(None, None)
         self.connections.discard(self)
-        self.disconnected = True
-        if self.close_timer is not None:
-            self.close_timer.cancel()
-            self.close_timer = None
 
-    def pause_writing(self) -> None:
-        if not self.direct:  # direct sockets: the hub's byte limit is the back-pressure
-            super().pause_writing()
+    # -- keepalive: a peer that does not answer a ping in time is dropped --------------------
+    def _set_timer(self, delay: float | None, callback: Any) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = None if delay is None else self.loop.call_later(delay, callback)
 
-    def resume_writing(self) -> None:
-        if not self.direct:
-            super().resume_writing()
+    def _schedule_ping(self) -> None:
+        if self.ping_interval and not self.close_sent:
+            self._set_timer(self.ping_interval, self._ping)
 
-    def shutdown(self) -> None:
-        if not self.direct:
-            super().shutdown()
+    def _ping(self) -> None:
+        if self.close_sent or self.transport.is_closing():
             return
-        self.stop_keepalive()
-        self.close_socket(1001, "server going away")
+        self.ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.conn.send_ping(self.ping_payload)
+        self._flush()
+        self._set_timer(self.ping_timeout or self.ping_interval, self._no_pong)
+
+    def _no_pong(self) -> None:
+        self.timer = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.conn.fail(1011, "keepalive ping timeout")
+        self._flush()
+        self.close_sent = True
+        self.transport.close()
 
 
-def bind_protocol(state: State) -> type[NotifyWebSocketProtocol]:
-    """A protocol class that serves the hub of this app (one per server)."""
-    return type("BoundNotifyWebSocketProtocol", (NotifyWebSocketProtocol,), {"state": state})
+def bind_http(state: State) -> type[HubHttpProtocol]:
+    """An HTTP protocol class that serves the hub of this app (one per server)."""
+    return type("BoundHubHttpProtocol", (HubHttpProtocol,), {"hub": state})

@@ -20,6 +20,7 @@ from notify.hub.models import WebSocketConnection
 log = logging.getLogger("notify.hub.presence")
 T = cast(Table, WebSocketConnection.__table__)
 _JSON = msgspec.json.Encoder()
+COALESCE = 0.05
 _PG_INSERT = text(
     "INSERT INTO websocket_connections"
     " (id, tenant_id, user_id, pod_id, channels, last_seen_at, created_at, updated_at)"
@@ -85,6 +86,7 @@ class Presence:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.5)
+            await asyncio.sleep(COALESCE)  # a connect storm: one write per batch, not per few
             self._wake.clear()
             try:
                 await self.flush()

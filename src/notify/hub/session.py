@@ -81,10 +81,10 @@ class Session:
         self.worker: asyncio.Task[None] | None = None
 
     def open(self, since: str | None, channels: str | None = None) -> None:
-        """Welcome first, then register: from here on live frames reach the socket.
-        `channels` (comma-separated) are joined before the replay, so `since` covers them."""
+        """Register (the transport has sent `welcome` with the handshake): from here on live
+        frames reach the socket. `channels` (comma-separated) are joined before the replay,
+        so `since` covers them."""
         conn = self.conn
-        conn.push(proto.welcome(conn.id))
         replay = since is not None and since.isdigit()
         if replay:
             conn.held = []  # live frames wait from the moment we register until replay is done

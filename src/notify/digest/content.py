@@ -73,6 +73,13 @@ def preview(day: dt.date, items: list[Item], f: Filters) -> DigestContent:
     for item in kept:
         groups.setdefault(item.notification_type, []).append(item)
     top = sorted(kept, key=lambda i: (RANK.get(i.priority, 0), i.created_at), reverse=True)
+    encoded: dict[UUID, dict[str, Any]] = {}  # the top five are also in their groups
+
+    def js(item: Item) -> dict[str, Any]:
+        if (out := encoded.get(item.id)) is None:
+            out = encoded[item.id] = item.as_json()
+        return out
+
     return DigestContent(
         date=day,
         summary=Summary(
@@ -81,10 +88,10 @@ def preview(day: dt.date, items: list[Item], f: Filters) -> DigestContent:
             priority_breakdown={p: priorities.get(p, 0) for p in reversed(PRIORITIES)},
         ),
         notifications_by_type={
-            t: TypeGroup(len(g), [i.as_json() for i in g[:PER_TYPE]])
+            t: TypeGroup(len(g), [js(i) for i in g[:PER_TYPE]])
             for t, g in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         },
-        top_notifications=[i.as_json() for i in top[:TOP]],
+        top_notifications=[js(i) for i in top[:TOP]],
         period_start=f.since,
         period_end=f.until,
     )

@@ -431,7 +431,9 @@ async def tick_once(
     sessions: Any, sql: SqlTimer, admin: asyncpg.Connection, datname: str, now: dt.datetime
 ) -> dict[str, Any]:
     from notify.digest.tick import tick
+    from notify.worker import tune_gc
 
+    tune_gc()  # as `notify worker` and `notify digest tick` do at start
     cpu_db = await backend_cpu(admin, datname)
     wal = await admin.fetchval("SELECT pg_current_wal_lsn()")
     cpu_py = time.process_time()

@@ -163,7 +163,8 @@ class JWTMiddleware(AbstractAuthenticationMiddleware):
 
 
 def _require(roles: set[str], what: str) -> Any:
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # async: Litestar runs a sync guard in a worker thread, a hop on every request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal: Principal = connection.user
         if not principal.roles & roles:
             raise PermissionDeniedException(

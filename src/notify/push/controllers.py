@@ -30,8 +30,9 @@ SW_JS = (Path(__file__).resolve().parent.parent / "static" / "sw.js").read_text(
 Service = NamedDependency[PushSubscriptionService]
 
 
-def push_enabled(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Without VAPID keys every push endpoint answers 503 (CONTRACT §2)."""
+async def push_enabled(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Without VAPID keys every push endpoint answers 503 (CONTRACT §2). Async, so
+    Litestar does not run it in a worker thread."""
     if not connection.app.state.settings.push_enabled:
         raise ServiceUnavailableException(
             detail="Web Push is disabled: VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY are not set"

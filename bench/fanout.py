@@ -428,6 +428,28 @@ def open_files_limit(pid: int) -> int | None:
     return None
 
 
+def busy_since(start: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Each core's busy share since `start` (a `core_times()` reading)."""
+    return {
+        core: round((b - start[core][0]) / max(t - start[core][1], 1), 2)
+        for core, (b, t) in core_times().items()
+        if core in start
+    }
+
+
+def others_since(
+    start: dict[int, tuple[str, float]], mine: set[int], wall: float, top: int = 5
+) -> dict[str, float]:
+    """CPU per wall second since `start` (an `all_cpu()` reading) of the busiest other
+    processes, summed by name."""
+    others: dict[str, float] = {}
+    for pid, (name, cpu) in all_cpu().items():
+        if pid in start and pid not in mine:
+            others[name] = others.get(name, 0.0) + cpu - start[pid][1]
+    busiest = sorted(others.items(), key=lambda item: -item[1])[:top]
+    return {name: round(cpu / wall, 2) for name, cpu in busiest if cpu >= 0.01 * wall}
+
+
 class CpuMeter:
     """CPU used per wall second, between creation and `read()`, by this process, the
     server tree, NATS (when ours), each core, and the busiest other processes by name
@@ -444,12 +466,7 @@ class CpuMeter:
 
     def read(self) -> dict[str, Any]:
         wall = max(time.perf_counter() - self.wall, 1e-9)
-        cores = core_times()
-        busy = {
-            core: round((b - self.cores[core][0]) / max(t - self.cores[core][1], 1), 2)
-            for core, (b, t) in cores.items()
-            if core in self.cores
-        }
+        busy = busy_since(self.cores)
         out: dict[str, Any] = {
             "measured_seconds": round(wall, 3),
             "client_cpu": round((time.process_time() - self.client) / wall, 2),
@@ -459,15 +476,9 @@ class CpuMeter:
             out["nats_cpu"] = round((tree_cpu(self.nats_pid) - self.nats) / wall, 2)
         out["cores_busy"] = busy
         out["machine_cpu"] = round(sum(busy.values()), 2)
-        mine = {os.getpid(), *proc_tree(self.server_pid)}
-        others: dict[str, float] = {}
-        for pid, (name, cpu) in all_cpu().items():
-            if pid in self.procs and pid not in mine:
-                others[name] = others.get(name, 0.0) + cpu - self.procs[pid][1]
-        busiest = sorted(others.items(), key=lambda item: -item[1])[:5]
-        out["other_cpu"] = {
-            name: round(cpu / wall, 2) for name, cpu in busiest if cpu >= 0.01 * wall
-        }
+        out["other_cpu"] = others_since(
+            self.procs, {os.getpid(), *proc_tree(self.server_pid)}, wall
+        )
         return out
 
 

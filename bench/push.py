@@ -52,7 +52,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.push_peer import PushPeer, Request
 
-from bench.fanout import all_cpu, core_times
+from bench.fanout import all_cpu, busy_since, core_times, others_since
 from bench.rest import (
     DEFAULT_PG_DSN,
     LOREM,
@@ -183,12 +183,7 @@ class CpuMeter:
 
     def read(self) -> dict[str, Any]:
         wall = max(time.perf_counter() - self.wall, 1e-9)
-        cores = core_times()
-        busy = {
-            core: round((b - self.cores[core][0]) / max(t - self.cores[core][1], 1), 2)
-            for core, (b, t) in cores.items()
-            if core in self.cores
-        }
+        busy = busy_since(self.cores)
         out: dict[str, Any] = {
             "bench_cpu": round((time.process_time() - self.bench) / wall, 2),
             **{
@@ -197,13 +192,7 @@ class CpuMeter:
             },
             "cores_busy": busy,
         }
-        mine = {os.getpid(), *self.pids.values()}
-        others: dict[str, float] = {}
-        for pid, (name, cpu) in all_cpu().items():
-            if pid in self.procs and pid not in mine:
-                others[name] = others.get(name, 0.0) + cpu - self.procs[pid][1]
-        busiest = sorted(others.items(), key=lambda item: -item[1])[:4]
-        out["other_cpu"] = {n: round(c / wall, 2) for n, c in busiest if c >= 0.01 * wall}
+        out["other_cpu"] = others_since(self.procs, {os.getpid(), *self.pids.values()}, wall, 4)
         return out
 
 

@@ -19,7 +19,7 @@ import uvicorn
 
 from notify.app import create_app
 from notify.core import db
-from notify.core.config import Settings, load_settings
+from notify.core.config import ENV_FIELDS, Settings, load_settings
 from notify.core.embedded import EmbeddedNats, free_port
 from notify.server import build_server
 
@@ -84,6 +84,28 @@ def nats_server(tmp: Path) -> Iterator[str]:
         yield server.start()
     finally:
         server.stop()
+
+
+def child_env(
+    database_url: str, nats_url: str, data_dir: Path | str, **extra: str
+) -> dict[str, str]:
+    """The environment of a `notify` child process: ours minus any notify settings, plus
+    the given database, NATS and data directory."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ENV_FIELDS and not k.startswith(("JWT_", "VAPID_", "NOTIFY_"))
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        NATS_URL=nats_url,
+        JWT_SECRET_KEY=JWT_SECRET,
+        NOTIFY_LOG_LEVEL="WARNING",
+        NOTIFY_DATA_DIR=str(data_dir),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
 
 
 def make_settings(database_url: str, nats_url: str, data_dir: Path, **env: str) -> Settings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from notify.core.config import ENV_FIELDS
-from tests.harness import JWT_SECRET, Server
+from tests.harness import Server, child_env
 
 SUB = "/api/v1/digest/subscription"
 UTC = dt.UTC
@@ -23,16 +21,8 @@ UTC = dt.UTC
 
 def cli(server: Server, *args: str) -> dict[str, Any]:
     """Run a `notify` command on the server's database; its one JSON line."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ENV_FIELDS and not k.startswith(("JWT_", "VAPID_", "NOTIFY_"))
-    }
-    env.update(
-        DATABASE_URL=server.settings.database_url,
-        NATS_URL=server.settings.nats_url,
-        JWT_SECRET_KEY=JWT_SECRET,
-        NOTIFY_DATA_DIR=server.settings.data_dir,
+    env = child_env(
+        server.settings.database_url, server.settings.nats_url, server.settings.data_dir
     )
     out = subprocess.run(
         [sys.executable, "-m", "notify.cli", *args],

@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from notify.core.config import ENV_FIELDS
 from notify.core.vapid import generate_vapid_keys
-from tests.harness import JWT_SECRET, Server, new_tenant, serving
+from tests.harness import Server, child_env, new_tenant, serving
 from tests.push_peer import Answer, PushPeer, Subscriber
 
 PUBLIC, PRIVATE = generate_vapid_keys()
@@ -46,19 +45,11 @@ class Worker:
 
     def __init__(self, srv: Server, tmp: Path, name: str = "w", **env: str) -> None:
         self.log = tmp / f"{self.command}-{name}-{time.monotonic_ns()}.log"
-        environ = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ENV_FIELDS and not k.startswith(("JWT_", "VAPID_", "NOTIFY_"))
-        }
-        environ.update(
-            DATABASE_URL=srv.settings.database_url,
-            NATS_URL=srv.settings.nats_url,
-            JWT_SECRET_KEY=JWT_SECRET,
-            NOTIFY_DATA_DIR=str(tmp),
-            NOTIFY_LOG_LEVEL="INFO",
-            PYTHONUNBUFFERED="1",
-            **{**WORKER_ENV, **env},
+        environ = child_env(
+            srv.settings.database_url,
+            srv.settings.nats_url,
+            tmp,
+            **{**WORKER_ENV, "NOTIFY_LOG_LEVEL": "INFO", **env},
         )
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(

@@ -21,9 +21,8 @@ import httpx
 import jwt
 import pytest
 
-from notify.core.config import ENV_FIELDS
 from notify.core.embedded import EmbeddedNats, free_port
-from tests.harness import JWT_SECRET, backends, database, new_tenant
+from tests.harness import JWT_SECRET, backends, child_env, database, new_tenant
 from tests.test_ws import (
     assert_next_is,
     broadcast,
@@ -45,20 +44,7 @@ STOP_TIMEOUT = 15.0
 
 
 def pod_env(database_url: str, nats_url: str, data_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ENV_FIELDS and not k.startswith(("JWT_", "VAPID_", "NOTIFY_"))
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        NATS_URL=nats_url,
-        JWT_SECRET_KEY=JWT_SECRET,
-        NOTIFY_LOG_LEVEL="WARNING",
-        NOTIFY_DATA_DIR=str(data_dir),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return child_env(database_url, nats_url, data_dir)
 
 
 class Pod:

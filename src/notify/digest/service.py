@@ -6,13 +6,12 @@ import datetime as dt
 from typing import Any
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from notify.core.auth import Principal
 from notify.core.errors import Invalid
 from notify.core.models import utcnow
+from notify.core.service import Service
 from notify.digest import content as digest
 from notify.digest.models import DigestSubscription
 from notify.digest.schedule import Schedule, ScheduleError, local_date, next_delivery, upcoming
@@ -46,16 +45,10 @@ class DigestRepository(SQLAlchemyAsyncRepository[DigestSubscription]):
     model_type = DigestSubscription
 
 
-class DigestService(SQLAlchemyAsyncRepositoryService[DigestSubscription, DigestRepository]):
+class DigestService(Service[DigestSubscription, DigestRepository]):
     """Thin service over the repository; domain logic only."""
 
     repository_type = DigestRepository
-
-    @property
-    def db(self) -> AsyncSession:
-        session = self.repository.session
-        assert isinstance(session, AsyncSession)
-        return session
 
     async def _row(self, p: Principal, lock: bool = False) -> DigestSubscription | None:
         stmt = select(DigestSubscription).where(

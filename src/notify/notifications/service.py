@@ -9,11 +9,9 @@ from uuid import UUID
 
 import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import Table, delete, insert, literal, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from notify.core import bus
@@ -21,6 +19,7 @@ from notify.core.auth import Principal
 from notify.core.db import metadata
 from notify.core.errors import Conflict, NotFound
 from notify.core.models import utcnow
+from notify.core.service import Service
 from notify.delivery import tasks
 from notify.notifications import queries
 from notify.notifications.models import (
@@ -49,7 +48,7 @@ class NotificationRepository(SQLAlchemyAsyncRepository[Notification]):
     model_type = Notification
 
 
-class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, NotificationRepository]):
+class NotificationService(Service[Notification, NotificationRepository]):
     """Thin service over the repository; domain logic only."""
 
     repository_type = NotificationRepository
@@ -58,12 +57,6 @@ class NotificationService(SQLAlchemyAsyncRepositoryService[Notification, Notific
         super().__init__(*args, **kwargs)
         self._staged: dict[Table, list[dict[str, Any]]] = {}
         self._fan_out: list[tuple[UUID, Target]] = []
-
-    @property
-    def db(self) -> AsyncSession:
-        session = self.repository.session
-        assert isinstance(session, AsyncSession)
-        return session
 
     # -- creating ---------------------------------------------------------------------------
     def add(

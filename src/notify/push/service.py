@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 
 import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +17,7 @@ from notify.core.auth import Principal
 from notify.core.config import Settings
 from notify.core.errors import Invalid, NotFound
 from notify.core.models import utcnow
+from notify.core.service import Service
 from notify.core.vapid import b64url_decode
 from notify.notifications.models import NotificationDelivery
 from notify.notifications.schemas import NotificationBody
@@ -63,18 +63,10 @@ class PushSubscriptionRepository(SQLAlchemyAsyncRepository[PushSubscription]):
     model_type = PushSubscription
 
 
-class PushSubscriptionService(
-    SQLAlchemyAsyncRepositoryService[PushSubscription, PushSubscriptionRepository]
-):
+class PushSubscriptionService(Service[PushSubscription, PushSubscriptionRepository]):
     """Thin service over the repository; domain logic only."""
 
     repository_type = PushSubscriptionRepository
-
-    @property
-    def db(self) -> AsyncSession:
-        session = self.repository.session
-        assert isinstance(session, AsyncSession)
-        return session
 
     async def subscribe(
         self, p: Principal, body: SubscribeBody, limit: int

@@ -27,3 +27,15 @@ migrate:
 # REST create/list benchmark on PostgreSQL
 bench-rest *ARGS:
     {{venv}}/python bench/rest.py {{ARGS}}
+
+# Web Push: pushes/s of one worker against the local push peer
+bench-push *ARGS:
+    {{venv}}/python bench/push.py {{ARGS}}
+
+# one digest tick for 100,000 users on PostgreSQL
+bench-digest *ARGS:
+    {{venv}}/python bench/digest.py {{ARGS}}
+
+# WebSocket connect, fanout, latency and memory
+bench-fanout *ARGS:
+    {{venv}}/python bench/fanout.py {{ARGS}}

@@ -103,8 +103,8 @@ def child_env(
         NOTIFY_LOG_LEVEL="WARNING",
         NOTIFY_DATA_DIR=str(data_dir),
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

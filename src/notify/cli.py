@@ -14,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import msgspec
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from notify.core import logs
@@ -88,11 +89,12 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def _at(value: str) -> dt.datetime:
+    from notify.core.models import parse_instant
+
     try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_instant(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {value!r}") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def cmd_digest_tick(args: argparse.Namespace) -> int:
@@ -111,7 +113,7 @@ def cmd_digest_tick(args: argparse.Namespace) -> int:
         try:
             sessions = async_sessionmaker(engine, expire_on_commit=False)
             result = await tick(sessions, args.at or utcnow(), every_row=args.at is not None)
-            return {"due": result.due, "sent": result.sent, "skipped": result.skipped}
+            return msgspec.structs.asdict(result)
         finally:
             await engine.dispose()
 

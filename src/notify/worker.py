@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -62,7 +63,7 @@ class Jobs:
         result = await tick(self.sessions, utcnow())
         if result.due:
             log.info("digest tick: %s", result)
-        return {"due": result.due, "sent": result.sent, "skipped": result.skipped}
+        return msgspec.structs.asdict(result)
 
     async def cleanup(self) -> dict[str, int]:
         from notify.ops.cleanup import cleanup
@@ -72,7 +73,7 @@ class Jobs:
         return {"deleted": deleted}
 
     async def close(self) -> None:
-        await self.deliverer.close()
+        """After `deliverer.close()`, which lets the sends in flight finish first."""
         await self.engine.dispose()
 
 

@@ -13,6 +13,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def parse_instant(value: str) -> dt.datetime:
+    """ISO 8601 (`Z` allowed); without an offset it is read as UTC, as every time here is.
+    Raises ValueError."""
+    when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 class TimestampedUUID(UUIDv7Base):
     """UUIDv7 primary key (time-ordered) plus created_at/updated_at set by us, in UTC."""
 
@@ -23,4 +30,4 @@ class TimestampedUUID(UUIDv7Base):
     )
 
 
-__all__ = ["BigIntBase", "DefaultBase", "TimestampedUUID", "utcnow"]
+__all__ = ["BigIntBase", "DefaultBase", "TimestampedUUID", "parse_instant", "utcnow"]

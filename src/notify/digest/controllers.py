@@ -13,7 +13,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from notify.core.auth import Principal
 from notify.core.errors import Invalid
-from notify.core.models import utcnow
+from notify.core.models import parse_instant, utcnow
 from notify.digest.schemas import DigestContent, DigestSettings, DigestSettingsBody, Upcoming
 from notify.digest.service import DigestService
 
@@ -21,14 +21,12 @@ Service = NamedDependency[DigestService]
 
 
 def _instant(value: str | None) -> dt.datetime:
-    """ISO 8601; without an offset it is read as UTC (the API's times are all UTC)."""
     if value is None:
         return utcnow()
     try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_instant(value)
     except ValueError:
         raise Invalid("after", "must be an ISO 8601 date-time") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 class DigestController(Controller):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy import select
 
@@ -66,17 +67,8 @@ class DigestService(Service[DigestSubscription, DigestRepository]):
         schedule = parse(body)
         row = await self._row(p, lock=True)
         now = utcnow()
-        values: dict[str, Any] = {
-            "is_enabled": body.is_enabled,
-            "delivery_time": body.delivery_time,
-            "timezone": body.timezone,
-            "frequency": body.frequency,
-            "weekday": body.weekday,
-            "include_types": list(dict.fromkeys(body.include_types)),
-            "exclude_weekends": body.exclude_weekends,
-            "min_priority": body.min_priority,
-            "updated_at": now,
-        }
+        values: dict[str, Any] = msgspec.structs.asdict(body)
+        values.update(include_types=list(dict.fromkeys(body.include_types)), updated_at=now)
         if row is None:
             row = DigestSubscription(tenant_id=p.tenant_id, user_id=p.sub, created_at=now, **values)
             self.db.add(row)
@@ -108,30 +100,13 @@ class DigestService(Service[DigestSubscription, DigestRepository]):
 def _body(row: DigestSubscription | None) -> DigestSettingsBody:
     if row is None:
         return DEFAULTS
-    return DigestSettingsBody(
-        is_enabled=row.is_enabled,
-        delivery_time=row.delivery_time,
-        timezone=row.timezone,
-        frequency=row.frequency,
-        weekday=row.weekday,
-        include_types=list(row.include_types or []),
-        exclude_weekends=row.exclude_weekends,
-        min_priority=row.min_priority,
-    )
+    return msgspec.convert(row, DigestSettingsBody, from_attributes=True)
 
 
 def _out(row: DigestSubscription | None) -> DigestSettings:
     b = _body(row)
-    next_at = next_delivery(parse(b), utcnow()) if b.is_enabled else None
     return DigestSettings(
-        is_enabled=b.is_enabled,
-        delivery_time=b.delivery_time,
-        timezone=b.timezone,
-        frequency=b.frequency,
-        weekday=b.weekday,
-        include_types=b.include_types,
-        exclude_weekends=b.exclude_weekends,
-        min_priority=b.min_priority,
-        next_delivery_at=next_at,
+        **msgspec.structs.asdict(b),
+        next_delivery_at=next_delivery(parse(b), utcnow()) if b.is_enabled else None,
         last_delivered_at=row.last_delivered_at if row else None,
     )

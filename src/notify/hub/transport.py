@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import random
 import struct
 from typing import Any, ClassVar
@@ -19,12 +18,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN, SERVER, Protocol
+from websockets.utils import accept_key as websockets_accept_key
 
 from notify.core.auth import TokenError, decode_token
 
 HUB_PATH = "/ws/notify"
 CLOSE_TIMEOUT = 10.0
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -46,7 +45,7 @@ def accept_key(key: bytes | None) -> bytes | None:
             return None
     except (binascii.Error, ValueError):
         return None
-    return base64.b64encode(hashlib.sha1(key + _GUID).digest())  # noqa: S324 (RFC 6455)
+    return websockets_accept_key(key.decode()).encode()
 
 
 class HubHttpProtocol(HttpToolsProtocol):

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
 import msgspec
 import nats
+import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from notify.core import bus
+from notify.core import bulk, bus, db
 from notify.core.bus import Bus
 from notify.core.config import Settings
+from notify.core.models import utcnow
+from notify.notifications.models import Notification, OutboxMessage
+from notify.notifications.outbox import OutboxRelay
 from tests.harness import Server
 
 API = "/api/v1/notifications"
@@ -94,3 +101,106 @@ async def test_relay_survives_nats_outage_and_dedupes(server, nats_url, tenant) 
     finally:
         await b.close()
     assert len(await fetch_subject(nats_url, subject, 2, wait=2)) == 1
+
+
+@pytest.mark.parametrize("users", [3, 60])
+async def test_a_list_broadcast_is_stored_and_published_whole(
+    server, nats_url, service, tenant, users
+) -> None:
+    """On PostgreSQL 3 users are one statement (about 100 values), 60 are past its size
+    (about 2,000): one INSERT per table."""
+    names = [f"user{i}" for i in range(users)]
+    r = await service.post(
+        "/internal/broadcast", json={"title": "t", "message": "m", "user_ids": names}
+    )
+    assert r.status_code == 202, r.text
+    ids = r.json()["notification_ids"]
+    msgs = await fetch_subject(nats_url, f"notify.{bus.token(tenant)}.user.*", users)
+    assert sorted(m.headers["Nats-Msg-Id"] for m in msgs) == sorted(ids)
+    assert {msgspec.json.decode(m.data)["user_id"] for m in msgs} == set(names)
+    async with server.client(names[-1], tenant) as last:
+        [n] = (await last.get(API)).json()["items"]
+    assert n["id"] in ids and n["title"] == "t"
+
+
+def test_one_statement_only_where_it_is_safe() -> None:
+    notification = {"id": 1, "title": "t"}
+    assert bulk.one_statement([(Notification.__table__, [notification])]) is None, "one table"
+    outbox = {"notification_id": 1, "subject": "s", "payload": b"", "created_at": None}
+    shape = bulk.one_statement(
+        [(Notification.__table__, [notification]), (OutboxMessage.__table__, [outbox])]
+    )
+    assert shape is None, "notification columns with defaults computed in Python are missing"
+    full = {c.name: None for c in Notification.__table__.columns if c.name != "sa_orm_sentinel"}
+    shape = bulk.one_statement(
+        [(Notification.__table__, [full]), (OutboxMessage.__table__, [outbox])]
+    )
+    assert shape is not None, "the outbox id comes from its sequence, in the statement"
+    assert (
+        bulk.one_statement(
+            [
+                (Notification.__table__, [full, {**full, "extra": 1}]),
+                (OutboxMessage.__table__, [outbox]),
+            ]
+        )
+        is None
+    ), "rows of one table with different columns"
+
+
+class FlakyBus:
+    """Fails the first publish of each payload holding b'fail', then publishes it."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.failed: set[str] = set()
+        self.published: list[str] = []
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+        if b"fail" in payload and msg_id not in self.failed:
+            self.failed.add(msg_id)
+            raise ConnectionError("connection lost")
+        self.published.append(msg_id)
+        return len(self.published)
+
+
+async def test_a_failed_immediate_publish_is_left_to_the_relay(tmp_path) -> None:
+    """`send` publishes committed rows at once and deletes them once acknowledged; what
+    failed stays in the outbox and wakes the relay, which publishes it (the poll is an
+    hour here: only the wake can do it)."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'o.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(db.metadata.create_all)
+    rows = [
+        {
+            "notification_id": uuid.uuid4(),
+            "subject": "notify.t.all",
+            "payload": p,
+            "created_at": utcnow(),
+        }
+        for p in (b"ok", b"fail")
+    ]
+    ok, failing = (str(r["notification_id"]) for r in rows)
+    async with engine.begin() as conn:
+        await conn.execute(insert(OutboxMessage.__table__), rows)
+    flaky = FlakyBus()
+    relay = OutboxRelay(engine, flaky, poll=3600)  # type: ignore[arg-type]
+    relay.start()
+
+    async def left() -> list[bytes]:
+        async with engine.connect() as conn:
+            return list(await conn.scalars(select(OutboxMessage.payload)))
+
+    try:
+        relay.send(rows)
+        for _ in range(200):
+            if not await left():
+                break
+            await asyncio.sleep(0.02)
+        assert await left() == []
+        assert flaky.failed == {failing}
+        # The relay may publish `ok` again before its deletion lands: NATS drops that copy.
+        assert set(flaky.published) == {ok, failing}
+    finally:
+        await relay.stop()
+        await engine.dispose()

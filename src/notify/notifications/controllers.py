@@ -69,10 +69,10 @@ async def _accept(
     data: NotificationBody,
     produce: Callable[[], tuple[int, bytes]],
 ) -> Response[bytes]:
-    """Commit what `produce` staged (once per Idempotency-Key), then wake the outbox relay."""
+    """Commit what `produce` staged (once per Idempotency-Key), then publish it at once."""
     request_id = request.url.path.encode() + ENCODER.encode(data)
     status, body = await service.idempotent(request.user, idempotency_key, request_id, produce)
-    request.app.state.outbox.wake()
+    request.app.state.outbox.send(service.committed)
     return Response(content=body, status_code=status, media_type="application/json")
 
 

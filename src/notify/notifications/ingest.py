@@ -229,13 +229,13 @@ class IngestConsumer:
 
             try:
                 _, answer = await service.idempotent(actor, msg_id, request, produce)
+                self._relay.send(service.committed)
             except Conflict:
                 raise Rejected(
                     f"conflict: {MSG_ID} {msg_id!r} was already used with a different body"
                 ) from None
             except DataError:
                 raise Rejected("a value is not acceptable to the database") from None
-        self._relay.wake()
         return msgspec.json.decode(answer, type=BroadcastResult)
 
     async def _dead_letter(self, msg: Msg, msg_id: str | None, reason: str) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from notify.core.bus import Bus
@@ -17,7 +20,8 @@ log = logging.getLogger("notify.outbox")
 
 
 class OutboxRelay:
-    """Drains the outbox: woken after each commit, and polling as a fallback (other pods)."""
+    """Publishes what this pod commits at once (`send`), and drains the outbox: on a wake,
+    and by polling for what a crashed pod or an earlier failure left behind."""
 
     def __init__(self, engine: AsyncEngine, bus: Bus, batch: int = 500, poll: float = 1.0) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -27,18 +31,81 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._skip_locked = engine.dialect.name == "postgresql"
+        self._sending: set[asyncio.Task[None]] = set()
+        self._acked: list[tuple[UUID, str]] = []  # sent, still to be deleted from the outbox
+        self._acked_wake = asyncio.Event()
+        self._settler: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self._settler = asyncio.create_task(self._settle_sent(), name="outbox-settle")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        for task in (self._task, self._settler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._acked:  # what was sent just now goes from the outbox before the pod does
+            with contextlib.suppress(Exception):
+                await self._settle_acked()
+
+    def send(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Publish outbox rows just committed by this pod now, without a database round trip
+        first; the rows go in batches once acknowledged. On failure the relay's drain takes
+        them (a second publish is de-duplicated by the message id)."""
+        if not rows:
+            return
+        if not self._bus.connected:
+            self.wake()
+            return
+        task = asyncio.create_task(self._send(rows))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        sent = await asyncio.gather(
+            *(
+                self._bus.publish(r["subject"], r["payload"], msg_id=str(r["notification_id"]))
+                for r in rows
+            ),
+            return_exceptions=True,
+        )
+        acked = [
+            (r["notification_id"], r["subject"])
+            for r, seq in zip(rows, sent, strict=True)
+            if not isinstance(seq, BaseException)
+        ]
+        if len(acked) < len(rows):
+            self.wake()
+        if acked:
+            self._acked.extend(acked)
+            self._acked_wake.set()
+
+    async def _settle_sent(self) -> None:
+        """One transaction for all rows acknowledged since the last: under load, many."""
+        while True:
+            await self._acked_wake.wait()
+            self._acked_wake.clear()
+            try:
+                await self._settle_acked()
+            except Exception as exc:
+                log.warning("outbox: settling sent rows failed (%s); will retry", _why(exc))
+                await asyncio.sleep(self._poll)
+                self._acked_wake.set()
+
+    async def _settle_acked(self) -> None:
+        acked = self._acked[: self._batch]
+        async with self._sessions() as session, session.begin():
+            pairs = tuple_(OutboxMessage.notification_id, OutboxMessage.subject).in_(acked)
+            await self._settle(session, pairs, [n for n, _ in acked])
+        del self._acked[: len(acked)]
+        if self._acked:
+            self._acked_wake.set()
 
     async def _run(self) -> None:
         while True:
@@ -51,7 +118,7 @@ class OutboxRelay:
                 while await self.drain_once() == self._batch:
                     pass
             except Exception as exc:
-                log.warning("outbox relay: %s; will retry", str(exc).splitlines()[0] or exc)
+                log.warning("outbox relay: %s; will retry", _why(exc))
                 await asyncio.sleep(self._poll)
 
     async def drain_once(self) -> int:
@@ -65,7 +132,7 @@ class OutboxRelay:
                 if self._skip_locked and rows:
                     # PostgreSQL: only these rows stay locked (other pods skip them) meanwhile.
                     await self._publish(rows)
-                    await self._settle(session, rows)
+                    await self._settle_rows(session, rows)
                     return len(rows)
             if not rows:
                 return 0
@@ -73,7 +140,7 @@ class OutboxRelay:
             # second publish of the same notification is de-duplicated by its message id.
             await self._publish(rows)
             async with session.begin():
-                await self._settle(session, rows)
+                await self._settle_rows(session, rows)
         return len(rows)
 
     async def _publish(self, rows: list[OutboxMessage]) -> None:
@@ -81,20 +148,27 @@ class OutboxRelay:
             *(self._bus.publish(r.subject, r.payload, msg_id=str(r.notification_id)) for r in rows)
         )
 
-    async def _settle(self, session: AsyncSession, rows: list[OutboxMessage]) -> None:
+    async def _settle_rows(self, session: AsyncSession, rows: list[OutboxMessage]) -> None:
+        ids = OutboxMessage.id.in_([r.id for r in rows])
+        await self._settle(session, ids, [r.notification_id for r in rows])
+
+    async def _settle(
+        self, session: AsyncSession, rows: ColumnElement[bool], notification_ids: list[UUID]
+    ) -> None:
         """Published: the rows go, and their websocket deliveries become sent."""
         sync = {"synchronize_session": False}
-        await session.execute(
-            delete(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])),
-            execution_options=sync,
-        )
+        await session.execute(delete(OutboxMessage).where(rows), execution_options=sync)
         await session.execute(
             update(NotificationDelivery)
             .where(
-                NotificationDelivery.notification_id.in_([r.notification_id for r in rows]),
+                NotificationDelivery.notification_id.in_(notification_ids),
                 NotificationDelivery.channel == "websocket",
                 NotificationDelivery.status == "pending",
             )
             .values(status="sent", attempts=NotificationDelivery.attempts + 1, updated_at=utcnow()),
             execution_options=sync,
         )
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

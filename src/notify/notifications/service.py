@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import Table, delete, insert, literal, or_, select, true, update
+from sqlalchemy import Table, delete, literal, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
-from notify.core import bus
+from notify.core import bulk, bus
 from notify.core.auth import Principal
 from notify.core.db import metadata
 from notify.core.errors import Conflict, NotFound
@@ -42,6 +42,7 @@ from notify.ops.models import AuditEntry
 from notify.push.models import PushSubscription
 
 ENCODER = msgspec.json.Encoder()
+OUTBOX = cast(Table, OutboxMessage.__table__)
 
 
 class NotificationRepository(SQLAlchemyAsyncRepository[Notification]):
@@ -57,6 +58,8 @@ class NotificationService(Service[Notification, NotificationRepository]):
         super().__init__(*args, **kwargs)
         self._staged: dict[Table, list[dict[str, Any]]] = {}
         self._fan_out: list[tuple[UUID, Target]] = []
+        # Outbox rows this service committed: the caller hands them to `OutboxRelay.send`.
+        self.committed: list[dict[str, Any]] = []
 
     # -- creating ---------------------------------------------------------------------------
     def add(
@@ -246,13 +249,20 @@ class NotificationService(Service[Notification, NotificationRepository]):
         """Write what was staged, in the caller's transaction."""
         await self._write_staged()
 
-    async def _write_staged(self) -> None:
-        """One multi-row INSERT per table, parents first (the ORM's unit of work costs more)."""
+    async def _write_staged(self) -> list[dict[str, Any]]:
+        """Write what was staged, parents first, without the ORM's unit of work (it costs
+        more); returns the outbox rows written."""
         await self._stage_push()
         staged, self._staged = self._staged, {}
-        for table in metadata.sorted_tables:
-            if rows := staged.get(table):
-                await self.db.execute(insert(table), rows)
+        await bulk.insert_all(
+            self.db, [(t, r) for t in metadata.sorted_tables if (r := staged.get(t))]
+        )
+        return staged.get(OUTBOX, [])
+
+    async def _commit_staged(self) -> None:
+        outbox = await self._write_staged()
+        await self.db.commit()
+        self.committed.extend(outbox)
 
     async def idempotent(
         self,
@@ -264,8 +274,7 @@ class NotificationService(Service[Notification, NotificationRepository]):
         """Stage with `produce`, write and commit once per key; a repeat replays the answer."""
         if key is None:
             answer = produce()
-            await self._write_staged()
-            await self.db.commit()
+            await self._commit_staged()
             return answer
         digest = hashlib.sha256(request).hexdigest()
         scope = (actor.tenant_id, actor.sub, key)
@@ -288,8 +297,7 @@ class NotificationService(Service[Notification, NotificationRepository]):
             },
         )
         try:
-            await self._write_staged()
-            await self.db.commit()
+            await self._commit_staged()
         except IntegrityError:
             # A concurrent request with the same key committed first: answer as it did.
             await self.db.rollback()

@@ -31,6 +31,8 @@ import json
 import os
 import re
 import resource
+import socket
+import struct
 import sys
 import tempfile
 import time
@@ -70,6 +72,9 @@ except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
     uvloop = None  # type: ignore[assignment]
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not name it
+RECV_BYTES = 256 * 1024
+CMSG_BYTES = socket.CMSG_SPACE(16)  # one struct timespec
 NOTIFICATION_PREFIX = b'{"type":"notification","seq":'
 SEQ_AT = len(NOTIFICATION_PREFIX)
 DATA_ID = b'"data":{"id":"'
@@ -101,6 +106,8 @@ class Collector:
         "index",
         "last_recv_ns",
         "other",
+        "read_samples",
+        "sample_slots",
         "samples",
         "unique",
     )
@@ -110,8 +117,10 @@ class Collector:
         self.unique = 0  # (socket, notification) pairs seen at least once
         self.dups = 0  # further copies of a pair already seen
         self.disorder = 0  # notification frames whose seq did not increase
-        self.last_recv_ns = 0  # perf_counter_ns of the last chunk holding a notification
-        self.samples: list[int] = []  # publish→receive nanoseconds (sampled sockets)
+        self.last_recv_ns = 0  # time_ns of the last chunk holding a notification
+        self.samples: list[int] = []  # publish→kernel receive, ns (sampled sockets)
+        self.read_samples: list[int] = []  # publish→read by this process, ns (same sockets)
+        self.sample_slots: list[int] = []  # the notification of each sample
         self.other: Counter[str] = Counter()  # frames other than welcome/notification
         self.close_codes: Counter[int] = Counter()  # close frames (or 1006) from the server
         self.first_error: str | None = None
@@ -140,12 +149,14 @@ class WsClient(asyncio.Protocol):
 
     __slots__ = (
         "accept",
+        "arrived",
         "close_code",
         "closed",
         "col",
         "counts",
         "fragments",
         "last_seq",
+        "raw",
         "ready",
         "request",
         "rest",
@@ -181,6 +192,8 @@ class WsClient(asyncio.Protocol):
         self.counts = bytearray()  # per notification slot: copies received (saturates)
         self.last_seq = 0
         self.fragments: list[bytes] | None = None
+        self.raw: socket.socket | None = None  # sampled, after `welcome`: read by `readable`
+        self.arrived = 0  # the kernel's receive time of the chunk being parsed (raw only)
 
     # -- asyncio callbacks
 
@@ -190,6 +203,7 @@ class WsClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.stop_raw()
         if self.close_code is None and self.upgraded:
             self.close_code = 1006
             self.col.close_codes[1006] += 1
@@ -227,7 +241,7 @@ class WsClient(asyncio.Protocol):
 
     def frames(self, data: bytes) -> None:
         buf = self.rest + data if self.rest else data
-        n, pos, now = len(buf), 0, time.perf_counter_ns()
+        n, pos, now = len(buf), 0, time.time_ns()
         got = False
         while n - pos >= 2:
             b1 = buf[pos + 1]
@@ -289,7 +303,10 @@ class WsClient(asyncio.Protocol):
         if self.sampled:
             stamp = STAMP.search(buf, at + ID_LEN, end)
             if stamp is not None:
-                col.samples.append(now - int(stamp.group(1)))
+                sent = int(stamp.group(1))
+                col.samples.append((self.arrived or now) - sent)
+                col.read_samples.append(now - sent)
+                col.sample_slots.append(slot)
 
     def other(self, b0: int, payload: bytes, now: int) -> bool:
         """Control frames, fragments and the rare text frames; True for a notification."""
@@ -322,6 +339,8 @@ class WsClient(asyncio.Protocol):
         if payload.startswith(WELCOME_PREFIX):
             if not self.ready.done():
                 self.ready.set_result(None)
+                if self.sampled:
+                    self.read_raw()
             return False
         try:
             kind = str(json.loads(payload).get("type"))
@@ -332,11 +351,56 @@ class WsClient(asyncio.Protocol):
             self.col.error(f"error frame: {payload[:300].decode(errors='replace')}")
         return False
 
+    # -- reading with the kernel's receive time (sampled sockets)
+
+    def read_raw(self) -> None:
+        """Read this socket from now on with recvmsg and SO_TIMESTAMPNS: each chunk comes
+        with the time the kernel received it, so latency is not the time this one process
+        takes to get round to a socket among N (a real client reads only its own).
+
+        The transport stops reading; a duplicate of its descriptor is watched instead (the
+        loop refuses a reader on a descriptor a transport owns); writes stay the transport's."""
+        assert self.transport is not None
+        own = self.transport.get_extra_info("socket")
+        self.transport.pause_reading()
+        self.raw = socket.socket(fileno=os.dup(own.fileno()))
+        self.raw.setblocking(False)
+        self.raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        asyncio.get_running_loop().add_reader(self.raw.fileno(), self.readable)
+
+    def readable(self) -> None:
+        assert self.raw is not None
+        try:
+            data, ancillary, _, _ = self.raw.recvmsg(RECV_BYTES, CMSG_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # EOF or an error: the transport sees it and reports connection_lost
+            self.stop_raw()
+            if self.transport is not None:
+                self.transport.resume_reading()
+            return
+        for level, kind, blob in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = struct.unpack_from("qq", blob)
+                self.arrived = seconds * 1_000_000_000 + nanoseconds
+        self.data_received(data)
+        self.arrived = 0
+
+    def stop_raw(self) -> None:
+        if self.raw is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.raw.fileno())
+            self.raw.close()
+            self.raw = None
+
     def write(self, frame: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame)
 
     def fail(self, problem: str) -> None:
+        self.stop_raw()
         self.col.error(problem)
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(problem))
@@ -491,6 +555,22 @@ def latency_ms(samples_ns: list[int]) -> dict[str, Any]:
     return out
 
 
+def spread(slots: list[int], samples_ns: list[int]) -> dict[str, float]:
+    """Per notification, its first and last sampled socket: medians over notifications.
+    The first is the pipeline (HTTP, database, NATS); last minus first is the fanout."""
+    by: dict[int, list[int]] = {}
+    for slot, ns in zip(slots, samples_ns, strict=True):
+        by.setdefault(slot, []).append(ns)
+    firsts = sorted(min(v) / 1e6 for v in by.values())
+    lasts = sorted(max(v) / 1e6 for v in by.values())
+    spans = sorted((max(v) - min(v)) / 1e6 for v in by.values())
+    return {
+        "first_socket_p50_ms": round(percentile(firsts, 50), 2),
+        "last_socket_p50_ms": round(percentile(lasts, 50), 2),
+        "first_to_last_p50_ms": round(percentile(spans, 50), 2),
+    }
+
+
 def seconds_summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {f"p{p}_ms": round(percentile(ordered, p) * 1000, 2) for p in (50, 95, 99)}
@@ -549,7 +629,7 @@ class Publisher:
         try:
             if conn is None:
                 conn = HttpConnection(*await asyncio.open_connection("127.0.0.1", self.port))
-            stamp = time.perf_counter_ns()
+            stamp = time.time_ns()
             body = {
                 "title": f"Fanout {i}",
                 "message": MESSAGE,
@@ -565,7 +645,7 @@ class Publisher:
                 conn.close()
             self.problem(f"POST /internal/broadcast: {type(exc).__name__}: {exc}")
             return None
-        self.latencies.append((time.perf_counter_ns() - stamp) / 1e9)
+        self.latencies.append((time.time_ns() - stamp) / 1e9)
         self.idle.append(conn)
         if status != 202:
             self.problem(f"POST /internal/broadcast -> {status}: {answer.decode(errors='replace')}")
@@ -729,11 +809,11 @@ class Run:
         col, targets = self.col, self.alive()
         errors_before, posts_before = self.pub.errors, len(self.pub.latencies)
         unique_before, dups_before = col.unique, col.dups
-        col.samples = []
+        col.samples, col.read_samples, col.sample_slots = [], [], []
         meter = self.meter()
-        first_send = time.perf_counter_ns()
+        first_send = time.time_ns()
         sent: list[Sent] = await send()
-        last_send = time.perf_counter_ns()
+        last_send = time.time_ns()
         expected = expected_of(sent)
         complete = await self.drain(unique_before + expected, self.args.drain_timeout)
         cpu = meter.read()
@@ -758,6 +838,8 @@ class Run:
             "window_seconds": round(window, 3),
             "deliveries_per_s": round(tally["unique"] / window, 1),
             "latency": latency_ms(samples),
+            "read_latency": latency_ms(col.read_samples),
+            "per_notification": spread(col.sample_slots, samples),
             "all_seen_unique": col.unique - unique_before,
             "all_seen_duplicates": col.dups - dups_before,
             **cpu,
@@ -939,16 +1021,19 @@ def raise_fd_limit(need: int) -> int:
 
 
 @contextlib.contextmanager
-def nats(tmp: Path, cpu: int | None) -> Iterator[tuple[str, int | None]]:
-    """(url, pid): the machine's NATS on 4222 when it answers (pid None: not ours), else an
-    embedded nats-server started on the server's core."""
-    if port_open(*LOCAL_NATS):
+def nats(tmp: Path, cpu: int | None, which: str) -> Iterator[tuple[str, int | None]]:
+    """(url, pid): an embedded nats-server on the server's core (the issue's "server tree
+    (API + its NATS) on one core"), or with `--nats local` the machine's NATS on 4222
+    (pid None: not ours, not pinned)."""
+    if which == "local":
+        if not port_open(*LOCAL_NATS):
+            raise SystemExit("--nats local: nothing answers on 127.0.0.1:4222")
         yield "nats://{}:{}".format(*LOCAL_NATS), None
         return
     from notify.core.embedded import EmbeddedNats
 
     server = EmbeddedNats(tmp / "nats")
-    log(f"no NATS on 127.0.0.1:4222: starting an embedded nats-server (cpu {cpu})")
+    log(f"starting an embedded nats-server (cpu {cpu})")
     mine = os.sched_getaffinity(0)
     try:
         if cpu is not None:
@@ -985,13 +1070,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--user-messages", type=int, default=200, help="per-user notifications (K)")
     add("--rate", type=int, default=20_000, help="deliveries/s of the paced latency phase")
     add("--latency-seconds", type=float, default=5.0, help="length of the latency phase")
-    add("--latency-sockets", type=int, default=1000, help="sockets that record latency")
+    add("--latency-sockets", type=int, default=100, help="sockets that record latency")
     add("--senders", type=int, default=4, help="concurrent HTTP senders in the fanout phase")
     add("--connect-concurrency", type=int, default=500, help="connects in flight")
     add("--connect-timeout", type=float, default=30.0, help="seconds per connect")
     add("--drain-timeout", type=float, default=30.0, help="give up after so long w/o progress")
     add("--settle", type=float, default=2.0, help="idle seconds before the RSS reading")
     add("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    add(
+        "--nats",
+        choices=["embedded", "local"],
+        default="embedded",
+        help="an embedded nats-server on the server's core, or the machine's on 4222",
+    )
     add("--pg-dsn", default=DEFAULT_PG_DSN, help="admin DSN to create/drop the database")
     add("--cpu-server", type=int, help="core of `notify serve` (default: first usable)")
     add("--cpu-client", type=int, help="core of this process (default: second usable)")
@@ -1079,12 +1170,15 @@ def targets(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def human_line(args: argparse.Namespace, doc: dict[str, Any]) -> str:
-    fan, lat = doc["fanout"], doc["latency"]["latency"]
+    fan, lat, read = doc["fanout"], doc["latency"]["latency"], doc["latency"]["read_latency"]
+    spans = doc["latency"]["per_notification"]
     lost = sum(fan[p]["lost"] for p in ("broadcast", "user")) + doc["latency"]["lost"]
     dup = sum(fan[p]["duplicates"] for p in ("broadcast", "user")) + doc["latency"]["duplicates"]
     return (
         f"fanout ({args.sockets} sockets): {fan['broadcast']['deliveries_per_s']:.0f} "
         f"deliveries/s, p50/p95/p99 {lat['p50_ms']}/{lat['p95_ms']}/{lat['p99_ms']} ms "
+        f"(read here {read['p50_ms']}/{read['p95_ms']}/{read['p99_ms']}; first/last socket "
+        f"{spans['first_socket_p50_ms']}/{spans['last_socket_p50_ms']}) "
         f"at {doc['latency']['deliveries_per_s']:.0f}/s, lost {lost}, dup {dup}, "
         f"connect {doc['connect']['seconds']:.2f} s, "
         f"{doc['idle_rss']['bytes_per_socket'] / 1024:.1f} KiB/idle socket"
@@ -1105,7 +1199,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         log_path = tmp / "server.log"
         with (
-            nats(tmp, args.cpu_server) as (nats_url, nats_pid),
+            nats(tmp, args.cpu_server, args.nats) as (nats_url, nats_pid),
             database(args.database, args.pg_dsn, tmp) as db_url,
         ):
             env = server_env(db_url, nats_url, tmp)

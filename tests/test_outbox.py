@@ -192,7 +192,7 @@ async def test_a_failed_immediate_publish_is_left_to_the_relay(tmp_path) -> None
             return list(await conn.scalars(select(OutboxMessage.payload)))
 
     try:
-        relay.send(rows)
+        await relay.send(rows)
         for _ in range(200):
             if not await left():
                 break

@@ -31,7 +31,13 @@ async def insert_all(session: AsyncSession, staged: Staged) -> None:
         for j, row in enumerate(rows)
         for column, value in row.items()
     }
-    await session.execute(_statement(shape), values)
+    if session.in_transaction():
+        await session.execute(_statement(shape), values)
+        return
+    # Nothing before it: the statement is atomic alone, and runs without the BEGIN and
+    # COMMIT round trips (the caller's commit then has nothing to send).
+    connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    await connection.execute(_statement(shape), values)
 
 
 def one_statement(staged: Staged) -> Shape | None:

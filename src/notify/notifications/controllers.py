@@ -72,7 +72,7 @@ async def _accept(
     """Commit what `produce` staged (once per Idempotency-Key), then publish it at once."""
     request_id = request.url.path.encode() + ENCODER.encode(data)
     status, body = await service.idempotent(request.user, idempotency_key, request_id, produce)
-    request.app.state.outbox.send(service.committed)
+    await request.app.state.outbox.send(service.committed)
     return Response(content=body, status_code=status, media_type="application/json")
 
 

@@ -229,7 +229,7 @@ class IngestConsumer:
 
             try:
                 _, answer = await service.idempotent(actor, msg_id, request, produce)
-                self._relay.send(service.committed)
+                await self._relay.send(service.committed)
             except Conflict:
                 raise Rejected(
                     f"conflict: {MSG_ID} {msg_id!r} was already used with a different body"

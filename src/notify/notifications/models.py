@@ -103,6 +103,8 @@ class OutboxMessage(BigIntBase):
     """What the fanout must publish, written in the transaction that accepted the notification."""
 
     __tablename__ = "outbox"
+    # The pod that committed deletes its rows by (notification id, subject) once published.
+    __table_args__ = (Index("ix_outbox_notification", "notification_id"),)
 
     notification_id: Mapped[UUID] = mapped_column(GUID)
     subject: Mapped[str] = mapped_column(String(512))

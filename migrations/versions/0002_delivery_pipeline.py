@@ -29,9 +29,7 @@ def upgrade() -> None:
             )
         )
         batch_op.add_column(
-            sa.Column(
-                "subscription_id", advanced_alchemy.types.guid.GUID(length=16), nullable=True
-            )
+            sa.Column("subscription_id", advanced_alchemy.types.guid.GUID(length=16), nullable=True)
         )
 
 

@@ -10,14 +10,14 @@ import msgspec
 import nats
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from notify.core import bulk, bus, db
 from notify.core.bus import Bus
 from notify.core.config import Settings
 from notify.core.models import utcnow
-from notify.notifications.models import Notification, OutboxMessage
+from notify.notifications.models import Notification, NotificationDelivery, OutboxMessage
 from notify.notifications.outbox import OutboxRelay
 from tests.harness import Server
 
@@ -121,6 +121,19 @@ async def test_a_list_broadcast_is_stored_and_published_whole(
     async with server.client(names[-1], tenant) as last:
         [n] = (await last.get(API)).json()["items"]
     assert n["id"] in ids and n["title"] == "t"
+    engine = db.create_engine(server.settings)
+    try:
+        for _ in range(100):  # the pod that committed deletes what JetStream acknowledged
+            async with engine.connect() as conn:
+                left = await conn.scalar(
+                    select(func.count()).where(OutboxMessage.notification_id.in_(ids))
+                )
+            if not left:
+                break
+            await asyncio.sleep(0.05)
+        assert left == 0
+    finally:
+        await engine.dispose()
 
 
 def test_one_statement_only_where_it_is_safe() -> None:
@@ -164,43 +177,112 @@ class FlakyBus:
         return len(self.published)
 
 
-async def test_a_failed_immediate_publish_is_left_to_the_relay(tmp_path) -> None:
-    """`send` publishes committed rows at once and deletes them once acknowledged; what
-    failed stays in the outbox and wakes the relay, which publishes it (the poll is an
-    hour here: only the wake can do it)."""
+def outbox_row(payload: bytes, subject: str = "notify.t.all", nid: uuid.UUID | None = None) -> dict:
+    return {
+        "notification_id": nid or uuid.uuid4(),
+        "subject": subject,
+        "payload": payload,
+        "created_at": utcnow(),
+    }
+
+
+@contextlib.asynccontextmanager
+async def relay_on_sqlite(tmp_path, bus: FlakyBus):
+    """A relay over a fresh SQLite database whose poll is an hour: only `send` and a wake
+    publish anything, and only the settle task deletes what `send` published."""
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'o.db'}")
     async with engine.begin() as conn:
         await conn.run_sync(db.metadata.create_all)
-    rows = [
-        {
-            "notification_id": uuid.uuid4(),
-            "subject": "notify.t.all",
-            "payload": p,
-            "created_at": utcnow(),
-        }
-        for p in (b"ok", b"fail")
-    ]
-    ok, failing = (str(r["notification_id"]) for r in rows)
-    async with engine.begin() as conn:
-        await conn.execute(insert(OutboxMessage.__table__), rows)
-    flaky = FlakyBus()
-    relay = OutboxRelay(engine, flaky, poll=3600)  # type: ignore[arg-type]
+    relay = OutboxRelay(engine, bus, poll=3600)  # type: ignore[arg-type]
     relay.start()
-
-    async def left() -> list[bytes]:
-        async with engine.connect() as conn:
-            return list(await conn.scalars(select(OutboxMessage.payload)))
-
     try:
-        await relay.send(rows)
-        for _ in range(200):
-            if not await left():
-                break
-            await asyncio.sleep(0.02)
-        assert await left() == []
-        assert flaky.failed == {failing}
-        # The relay may publish `ok` again before its deletion lands: NATS drops that copy.
-        assert set(flaky.published) == {ok, failing}
+        yield engine, relay
     finally:
         await relay.stop()
         await engine.dispose()
+
+
+async def eventually(check, tries: int = 200):
+    for _ in range(tries):
+        if value := await check():
+            return value
+        await asyncio.sleep(0.02)
+    return await check()
+
+
+async def test_what_send_published_is_deleted_and_marks_only_its_own_delivery(tmp_path) -> None:
+    """Acknowledged rows go without any drain; a notification's websocket delivery becomes
+    sent with its own subject's row, not with its task message for the workers."""
+    nid, now = uuid.uuid4(), utcnow()
+    notification = {c.name: None for c in Notification.__table__.columns}
+    notification.update(
+        id=nid,
+        tenant_id="t",
+        audience="tenant",
+        title="t",
+        message="m",
+        notification_type="info",
+        priority="normal",
+        channels=["websocket"],
+        metadata={},
+        status="unread",
+        created_by="svc",
+        created_at=now,
+        updated_at=now,
+    )
+    delivery = {
+        "id": uuid.uuid4(),
+        "notification_id": nid,
+        "tenant_id": "t",
+        "channel": "websocket",
+        "status": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    task = outbox_row(b"task", bus.TASKS_SUBJECT, nid)
+    own = outbox_row(b"own", "notify.t.all", nid)
+    flaky = FlakyBus()
+    async with relay_on_sqlite(tmp_path, flaky) as (engine, relay):
+        async with engine.begin() as conn:
+            await conn.execute(insert(Notification.__table__), [notification])
+            await conn.execute(insert(NotificationDelivery.__table__), [delivery])
+            await conn.execute(insert(OutboxMessage.__table__), [task, own])
+
+        async def state() -> tuple[list[bytes], str | None]:
+            async with engine.connect() as conn:
+                left = list(await conn.scalars(select(OutboxMessage.payload)))
+                status = await conn.scalar(select(NotificationDelivery.status))
+            return left, status
+
+        await relay.send([task])
+        assert await eventually(lambda: _settled(state, [b"own"])) == ([b"own"], "pending")
+        await relay.send([own])
+        assert await eventually(lambda: _settled(state, [])) == ([], "sent")
+    assert flaky.published == [str(nid), str(nid)]
+
+
+async def _settled(state, left: list[bytes]):
+    now = await state()
+    return now if now[0] == left else None
+
+
+async def test_a_failed_immediate_publish_is_left_to_the_relay(tmp_path) -> None:
+    """What failed stays in the outbox and wakes the relay, which publishes it (the poll
+    is an hour here: only the wake can do it)."""
+    rows = [outbox_row(b"ok"), outbox_row(b"fail")]
+    ok, failing = (str(r["notification_id"]) for r in rows)
+    flaky = FlakyBus()
+    async with relay_on_sqlite(tmp_path, flaky) as (engine, relay):
+        async with engine.begin() as conn:
+            await conn.execute(insert(OutboxMessage.__table__), rows)
+
+        async def empty() -> bool:
+            async with engine.connect() as conn:
+                return not list(await conn.scalars(select(OutboxMessage.payload)))
+
+        await relay.send(rows)
+        assert await eventually(empty)
+    assert flaky.failed == {failing}
+    # The relay may publish `ok` again before its deletion lands: NATS drops that copy.
+    assert set(flaky.published) == {ok, failing}

@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, background: Sequence[Background
         presence.start()
         # What start-up made lives as long as the process: no full collection walks it
         # again (with 1,000 sockets one took 75 ms, every socket's frame waiting on it).
+        gc.collect()
         gc.freeze()
         stop = asyncio.Event()
         extra = [asyncio.create_task(run(stop)) for run in background]

@@ -17,9 +17,11 @@ MAX_VALUES = 1000
 _quote = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
 
-async def insert_all(session: AsyncSession, staged: Staged) -> None:
+async def insert_all(session: AsyncSession, staged: Staged, *, alone: bool = False) -> None:
     """Insert `staged` (parents first). On PostgreSQL a small write is one statement of
-    data-modifying WITH parts: one round trip where a create took one per table (four)."""
+    data-modifying WITH parts: one round trip where a create took one per table (four).
+    `alone`: the caller commits right after and nothing else, so when the session holds
+    no transaction and no pending ORM changes the statement may commit by itself."""
     shape = one_statement(staged) if session.get_bind().dialect.name == "postgresql" else None
     if shape is None:
         for table, rows in staged:
@@ -31,11 +33,11 @@ async def insert_all(session: AsyncSession, staged: Staged) -> None:
         for j, row in enumerate(rows)
         for column, value in row.items()
     }
-    if session.in_transaction():
+    if not alone or session.in_transaction() or session.new or session.dirty or session.deleted:
         await session.execute(_statement(shape), values)
         return
-    # Nothing before it: the statement is atomic alone, and runs without the BEGIN and
-    # COMMIT round trips (the caller's commit then has nothing to send).
+    # Nothing before it or after it: the statement is atomic alone, and runs without the
+    # BEGIN and COMMIT round trips (the caller's commit then has nothing to send).
     connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     await connection.execute(_statement(shape), values)
 

@@ -12,7 +12,7 @@ from uuid import UUID
 from sqlalchemy import ColumnElement, delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from notify.core.bus import Bus
+from notify.core.bus import TASKS_SUBJECT, Bus
 from notify.core.models import utcnow
 from notify.notifications.models import NotificationDelivery, OutboxMessage
 
@@ -50,9 +50,14 @@ class OutboxRelay:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._acked:  # what was sent just now goes from the outbox before the pod does
-            with contextlib.suppress(Exception):
-                await self._settle_acked()
+        # What was sent goes from the outbox before the pod does: left there, the next
+        # drain would publish it again, maybe after NATS' de-duplication window.
+        try:
+            async with asyncio.timeout(5):
+                while self._acked:
+                    await self._settle_acked()
+        except Exception as exc:
+            log.warning("outbox: %d sent rows left for the relay (%s)", len(self._acked), _why(exc))
 
     async def send(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Publish outbox rows just committed by this pod now, without a database round trip
@@ -60,6 +65,7 @@ class OutboxRelay:
         them (a second publish is de-duplicated by the message id)."""
         if not rows:
             return
+        rows = tuple(rows)  # the caller's list may grow after this returns
         if not self._bus.connected:
             self.wake()
             return
@@ -105,9 +111,12 @@ class OutboxRelay:
 
     async def _settle_acked(self) -> None:
         acked = self._acked[: self._batch]
+        # Only a notification's own subject makes its websocket delivery sent, not its
+        # task message for the workers.
+        fanned_out = [n for n, subject in acked if subject != TASKS_SUBJECT]
         async with self._sessions() as session, session.begin():
             pairs = tuple_(OutboxMessage.notification_id, OutboxMessage.subject).in_(acked)
-            await self._settle(session, pairs, [n for n, _ in acked])
+            await self._settle(session, pairs, fanned_out)
         del self._acked[: len(acked)]
         if self._acked:
             self._acked_wake.set()

@@ -249,18 +249,18 @@ class NotificationService(Service[Notification, NotificationRepository]):
         """Write what was staged, in the caller's transaction."""
         await self._write_staged()
 
-    async def _write_staged(self) -> list[dict[str, Any]]:
+    async def _write_staged(self, *, alone: bool = False) -> list[dict[str, Any]]:
         """Write what was staged, parents first, without the ORM's unit of work (it costs
         more); returns the outbox rows written."""
         await self._stage_push()
         staged, self._staged = self._staged, {}
         await bulk.insert_all(
-            self.db, [(t, r) for t in metadata.sorted_tables if (r := staged.get(t))]
+            self.db, [(t, r) for t in metadata.sorted_tables if (r := staged.get(t))], alone=alone
         )
         return staged.get(OUTBOX, [])
 
     async def _commit_staged(self) -> None:
-        outbox = await self._write_staged()
+        outbox = await self._write_staged(alone=True)
         await self.db.commit()
         self.committed.extend(outbox)
 

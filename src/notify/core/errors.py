@@ -12,6 +12,8 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from notify.core.logs import one_line
+
 log = logging.getLogger("notify.errors")
 
 
@@ -38,7 +40,7 @@ def _unavailable(what: str, exc: Exception, request: Request[Any, Any, Any]) -> 
         what,
         request.method,
         request.url.path,
-        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        one_line(exc),
     )
     return Response(
         {"status_code": 503, "detail": f"{what} unavailable, try again later", "extra": {}},

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Table, bindparam, or_, select, true, updat
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from notify.core.config import Settings
+from notify.core.logs import one_line
 from notify.core.models import utcnow
 from notify.delivery.channels import Channel, Job, Outcome
 from notify.notifications.models import Notification, NotificationDelivery
@@ -71,7 +72,7 @@ class Deliverer:
             try:
                 await self.sweep()
             except Exception as exc:  # the database may be away; try again next round
-                log.warning("delivery sweep failed: %s", str(exc).splitlines()[0] or exc)
+                log.warning("delivery sweep failed: %s", one_line(exc))
             await asyncio.sleep(self._settings.delivery_sweep)
 
     async def close(self, grace: float = 10.0) -> None:

@@ -13,6 +13,7 @@ import msgspec
 from sqlalchemy import Table, delete, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from notify.core.logs import one_line
 from notify.core.models import utcnow
 from notify.hub.hub import Connection, Hub
 from notify.hub.models import WebSocketConnection
@@ -94,7 +95,7 @@ class Presence:
                     await self._beat()
                     next_beat = loop.time() + self._heartbeat
             except Exception as exc:  # the database may be down: keep the batch, retry
-                log.warning("presence: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                log.warning("presence: %s", one_line(exc))
                 await asyncio.sleep(1)
 
     async def flush(self) -> None:

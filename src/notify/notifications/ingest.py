@@ -30,6 +30,7 @@ from notify.core.auth import ANY_TENANT, Principal
 from notify.core.bus import Bus
 from notify.core.config import Settings
 from notify.core.errors import Conflict, Invalid
+from notify.core.logs import one_line
 from notify.core.models import utcnow
 from notify.notifications.outbox import OutboxRelay
 from notify.notifications.schemas import BroadcastCreate, BroadcastResult
@@ -132,7 +133,9 @@ class IngestConsumer:
             try:
                 sub = await self._subscribe(self._bus.js)
             except Exception as exc:
-                log.warning("ingest: cannot subscribe (%s); retrying in %.0fs", _why(exc), delay)
+                log.warning(
+                    "ingest: cannot subscribe (%s); retrying in %.0fs", one_line(exc), delay
+                )
                 await self._pause(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
@@ -141,7 +144,7 @@ class IngestConsumer:
                 await self._consume(sub)
             except Exception as exc:
                 if self._bus.connected:  # a disconnect needs no line of its own
-                    log.warning("ingest: consumer interrupted (%s); resubscribing", _why(exc))
+                    log.warning("ingest: consumer interrupted (%s); resubscribing", one_line(exc))
                 await self._pause(0.5)
             finally:
                 with contextlib.suppress(Exception):
@@ -194,14 +197,16 @@ class IngestConsumer:
     async def _postpone(self, msgs: Sequence[Msg], exc: Exception) -> None:
         """Nak with a back-off (one log line per batch); park a message out of deliveries."""
         log.warning(
-            "ingest: handling failed (%s); %d message(s) left for redelivery", _why(exc), len(msgs)
+            "ingest: handling failed (%s); %d message(s) left for redelivery",
+            one_line(exc),
+            len(msgs),
         )
         for msg in msgs:
             delivered = msg.metadata.num_delivered
             if delivered < MAX_DELIVER:
                 await msg.nak(delay=min(2.0 ** (delivered - 1), MAX_BACKOFF))
                 continue
-            reason = f"not stored after {delivered} deliveries: {_why(exc)}"
+            reason = f"not stored after {delivered} deliveries: {one_line(exc)}"
             with contextlib.suppress(Exception):  # still in the stream if this fails too
                 await self._dead_letter(msg, _msg_id(msg), reason)
                 await msg.ack()
@@ -270,9 +275,3 @@ def _decode(data: bytes) -> BroadcastCreate:
 
 def _msg_id(msg: Msg) -> str | None:
     return (msg.headers or {}).get(MSG_ID) or None  # nats-server ignores an empty one too
-
-
-def _why(exc: BaseException) -> str:
-    """One line: log lines about failures stay one line each."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from notify.core.bus import TASKS_SUBJECT, Bus
+from notify.core.logs import one_line
 from notify.core.models import utcnow
 from notify.notifications.models import NotificationDelivery, OutboxMessage
 
@@ -57,7 +58,9 @@ class OutboxRelay:
                 while self._acked:
                     await self._settle_acked()
         except Exception as exc:
-            log.warning("outbox: %d sent rows left for the relay (%s)", len(self._acked), _why(exc))
+            log.warning(
+                "outbox: %d sent rows left for the relay (%s)", len(self._acked), one_line(exc)
+            )
 
     async def send(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Publish outbox rows just committed by this pod now, without a database round trip
@@ -105,7 +108,7 @@ class OutboxRelay:
             try:
                 await self._settle_acked()
             except Exception as exc:
-                log.warning("outbox: settling sent rows failed (%s); will retry", _why(exc))
+                log.warning("outbox: settling sent rows failed (%s); will retry", one_line(exc))
                 await asyncio.sleep(self._poll)
                 self._acked_wake.set()
 
@@ -132,7 +135,7 @@ class OutboxRelay:
                 while await self.drain_once() == self._batch:
                     pass
             except Exception as exc:
-                log.warning("outbox relay: %s; will retry", _why(exc))
+                log.warning("outbox relay: %s; will retry", one_line(exc))
                 await asyncio.sleep(self._poll)
 
     async def drain_once(self) -> int:
@@ -182,7 +185,3 @@ class OutboxRelay:
             .values(status="sent", attempts=NotificationDelivery.attempts + 1, updated_at=utcnow()),
             execution_options=sync,
         )
-
-
-def _why(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

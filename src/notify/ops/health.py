@@ -13,6 +13,8 @@ from msgspec import Struct
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notify.core.logs import one_line
+
 log = logging.getLogger("notify.health")
 
 Check = Literal["ok", "unavailable"]
@@ -33,7 +35,7 @@ async def _database(engine: AsyncEngine) -> str | None:
         async with asyncio.timeout(2), engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except Exception as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return one_line(exc)
     return None
 
 
